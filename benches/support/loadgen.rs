@@ -1,0 +1,491 @@
+//! A single-threaded, event-driven TCP load generator on raw epoll.
+//!
+//! Each of `conns` connections runs a closed loop: send one request, wait until the
+//! whole reply is back, check it, send the next. One thread drives them all from one
+//! level-triggered epoll set, so the client's own cost per message stays small (a `send`,
+//! usually one `recv`, and a share of an `epoll_wait`) and it can be pinned to one core.
+//!
+//! A run has an optional warm-up, then a measured window that ends after `duration` or
+//! `max_messages` completed messages, whichever comes first, or when no connection is
+//! left. Messages, elapsed time and the server's CPU time are counted in the window only;
+//! errors are counted over the whole run, so a failure during warm-up is never hidden.
+//! A broken connection is closed and not replaced.
+//!
+//! What is sent and what counts as a correct reply is the [`Workload`]: echo today; an
+//! HTTP mode slots in as another variant with its own `request` and `judge`.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use super::{pin, procstat};
+
+/// How often connections are checked for replies that take too long.
+const SCAN_EVERY: Duration = Duration::from_millis(100);
+/// Events taken from the kernel per `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 256;
+
+/// What each connection sends, and what counts as a correct reply.
+#[derive(Clone, Debug)]
+pub enum Workload {
+    /// Send `size` bytes and expect the same bytes back. The first 8 bytes carry the
+    /// message's sequence number, so a stale or duplicated reply does not match.
+    Echo { size: usize },
+}
+
+/// Where a reply stands after the bytes received so far.
+enum Progress {
+    Partial,
+    Complete,
+    Invalid,
+}
+
+impl Workload {
+    /// The first request of a connection.
+    fn request(&self) -> Box<[u8]> {
+        match self {
+            Workload::Echo { size } => (0..*size).map(|i| b'a' + (i % 26) as u8).collect(),
+        }
+    }
+
+    /// Rewrites `req` in place as message number `seq`.
+    fn stamp(&self, req: &mut [u8], seq: u64) {
+        match self {
+            Workload::Echo { .. } => {
+                let n = req.len().min(8);
+                req[..n].copy_from_slice(&seq.to_le_bytes()[..n]);
+            }
+        }
+    }
+
+    /// Room for one reply; a reply that fills it is invalid.
+    fn reply_capacity(&self) -> usize {
+        match self {
+            Workload::Echo { size } => size + 1024,
+        }
+    }
+
+    fn judge(&self, req: &[u8], reply: &[u8]) -> Progress {
+        match self {
+            Workload::Echo { .. } if !req.starts_with(reply) => Progress::Invalid,
+            Workload::Echo { .. } if reply.len() == req.len() => Progress::Complete,
+            Workload::Echo { .. } => Progress::Partial,
+        }
+    }
+}
+
+/// One load run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The server, on 127.0.0.1 for every benchmark of this crate.
+    pub addr: SocketAddr,
+    pub conns: usize,
+    pub workload: Workload,
+    /// Length of the measured window.
+    pub duration: Duration,
+    /// Time before the measured window, not counted (connections open during it).
+    pub warmup: Duration,
+    /// The window also ends once this many messages completed in it.
+    pub max_messages: u64,
+    /// A connection that waits longer than this for a reply is counted and closed.
+    pub timeout: Duration,
+    /// Pin the load generator's thread to this CPU.
+    pub cpu: Option<usize>,
+    /// Measure this process's CPU time over the window (see [`procstat`]).
+    pub server_pid: Option<u32>,
+}
+
+impl Config {
+    /// Echo of `size` bytes: 5 s window, 1 s warm-up, 5 s timeout, no pinning.
+    pub fn echo(addr: SocketAddr, conns: usize, size: usize) -> Self {
+        Config {
+            addr,
+            conns,
+            workload: Workload::Echo { size },
+            duration: Duration::from_secs(5),
+            warmup: Duration::from_secs(1),
+            max_messages: u64::MAX,
+            timeout: Duration::from_secs(5),
+            cpu: None,
+            server_pid: None,
+        }
+    }
+}
+
+/// What a run counted.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Messages completed and verified in the measured window.
+    pub messages: u64,
+    /// Length of the measured window (zero if it never started).
+    pub elapsed: Duration,
+    /// Connections that could not be opened.
+    pub connect_errors: u64,
+    /// Connections broken by an I/O error: reset, broken pipe, and the like.
+    pub resets: u64,
+    /// Replies that did not match, or were cut short by the peer closing.
+    pub invalid: u64,
+    /// Connections that waited longer than the timeout for a reply.
+    pub timeouts: u64,
+    /// The server's CPU time over the window, if a server PID was given.
+    pub server_cpu_secs: Option<f64>,
+    /// The load generator thread's own CPU time over the window.
+    pub client_cpu_secs: f64,
+}
+
+impl Report {
+    pub fn errors(&self) -> u64 {
+        self.connect_errors + self.resets + self.invalid + self.timeouts
+    }
+
+    pub fn per_sec(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Share of one core the load generator used in the window (1.0: saturated).
+    pub fn client_load(&self) -> f64 {
+        self.client_cpu_secs / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Server CPU microseconds per completed message.
+    pub fn cpu_us_per_message(&self) -> Option<f64> {
+        let cpu = self.server_cpu_secs?;
+        (self.messages > 0).then(|| cpu * 1e6 / self.messages as f64)
+    }
+}
+
+/// Runs the load on a thread of its own (pinned if asked) and waits for its report.
+pub fn run(cfg: &Config) -> io::Result<Report> {
+    let cfg = cfg.clone();
+    std::thread::Builder::new()
+        .name("loadgen".into())
+        .spawn(move || {
+            if let Some(cpu) = cfg.cpu {
+                pin::pin_current_thread(cpu)?;
+            }
+            Driver::new(&cfg)?.run()
+        })?
+        .join()
+        .map_err(|_| io::Error::other("load generator thread panicked"))?
+}
+
+/// The event loop: all connections, the phase of the run, and the counts.
+struct Driver<'a> {
+    cfg: &'a Config,
+    epoll: Epoll,
+    conns: Vec<Option<Conn>>,
+    live: usize,
+    report: Report,
+    now: Instant,
+    warm_end: Instant,
+    window: Option<Instant>,
+    cpu_start: Option<f64>,
+    client_cpu_start: f64,
+    max_reached: bool,
+}
+
+impl<'a> Driver<'a> {
+    fn new(cfg: &'a Config) -> io::Result<Self> {
+        let now = Instant::now();
+        Ok(Driver {
+            cfg,
+            epoll: Epoll::new()?,
+            conns: Vec::with_capacity(cfg.conns),
+            live: 0,
+            report: Report::default(),
+            now,
+            warm_end: now + cfg.warmup,
+            window: None,
+            cpu_start: None,
+            client_cpu_start: 0.0,
+            max_reached: false,
+        })
+    }
+
+    fn run(mut self) -> io::Result<Report> {
+        self.connect_all()?;
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+        let mut next_scan = self.now + SCAN_EVERY;
+        loop {
+            self.now = Instant::now();
+            if !self.keep_going()? {
+                break;
+            }
+            if self.now >= next_scan {
+                self.expire_slow();
+                next_scan = self.now + SCAN_EVERY;
+            }
+            let n = self.epoll.wait(
+                &mut events,
+                if std::env::var_os("SPIN").is_some() {
+                    0
+                } else {
+                    self.wait_ms(next_scan)
+                },
+            )?;
+            for ev in &events[..n] {
+                self.on_ready(ev.u64 as usize);
+                if self.max_reached {
+                    break;
+                }
+            }
+        }
+        self.finish()
+    }
+
+    fn connect_all(&mut self) -> io::Result<()> {
+        for token in 0..self.cfg.conns {
+            let conn = match Conn::open(self.cfg, token as u64, self.now) {
+                Ok(conn) => conn,
+                Err(_) => {
+                    self.report.connect_errors += 1;
+                    self.conns.push(None);
+                    continue;
+                }
+            };
+            self.epoll
+                .add(conn.fd(), token as u64, libc::EPOLLIN as u32)?;
+            self.conns.push(Some(conn));
+            self.live += 1;
+            self.on_ready(token);
+        }
+        Ok(())
+    }
+
+    /// Starts the window when warm-up ends; false once the run is over.
+    fn keep_going(&mut self) -> io::Result<bool> {
+        if self.window.is_none() && self.now >= self.warm_end {
+            self.cpu_start = self.server_cpu()?;
+            self.client_cpu_start = procstat::thread_cpu_seconds();
+            self.window = Some(self.now);
+        }
+        let in_time = self
+            .window
+            .is_none_or(|start| self.now < start + self.cfg.duration);
+        Ok(in_time && !self.max_reached && self.live > 0)
+    }
+
+    /// Milliseconds until the next phase change or scan, rounded up.
+    fn wait_ms(&self, next_scan: Instant) -> i32 {
+        let phase_end = self.window.map_or(self.warm_end, |s| s + self.cfg.duration);
+        let until = phase_end.min(next_scan).saturating_duration_since(self.now);
+        until.as_micros().div_ceil(1000) as i32
+    }
+
+    fn on_ready(&mut self, token: usize) {
+        // Events for a connection closed earlier in the same batch find `None`.
+        let Some(conn) = self.conns[token].as_mut() else {
+            return;
+        };
+        match conn.on_ready(&self.epoll, &self.cfg.workload, self.now) {
+            Ok(false) => {}
+            Ok(true) => self.count_message(),
+            Err(fault) => {
+                match fault {
+                    Fault::Reset => self.report.resets += 1,
+                    Fault::Invalid => self.report.invalid += 1,
+                }
+                self.close(token);
+            }
+        }
+    }
+
+    fn count_message(&mut self) {
+        if self.window.is_some() {
+            self.report.messages += 1;
+            self.max_reached = self.report.messages >= self.cfg.max_messages;
+        }
+    }
+
+    /// Closes connections that have waited too long for their reply.
+    fn expire_slow(&mut self) {
+        for token in 0..self.conns.len() {
+            let waited = self.conns[token].as_ref().map(|c| self.now - c.since);
+            if waited.is_some_and(|w| w > self.cfg.timeout) {
+                self.report.timeouts += 1;
+                self.close(token);
+            }
+        }
+    }
+
+    fn close(&mut self, token: usize) {
+        // Dropping the socket closes it, which also removes it from the epoll set.
+        if self.conns[token].take().is_some() {
+            self.live -= 1;
+        }
+    }
+
+    fn finish(mut self) -> io::Result<Report> {
+        if let Some(start) = self.window {
+            self.report.elapsed = Instant::now() - start;
+            self.report.client_cpu_secs = procstat::thread_cpu_seconds() - self.client_cpu_start;
+            let end = self.server_cpu()?;
+            self.report.server_cpu_secs = end.zip(self.cpu_start).map(|(e, s)| e - s);
+        }
+        Ok(self.report)
+    }
+
+    fn server_cpu(&self) -> io::Result<Option<f64>> {
+        self.cfg.server_pid.map(procstat::cpu_seconds).transpose()
+    }
+}
+
+/// Why a connection was given up.
+enum Fault {
+    Reset,
+    Invalid,
+}
+
+/// One client connection and its message in flight.
+struct Conn {
+    stream: TcpStream,
+    token: u64,
+    req: Box<[u8]>,
+    sent: usize,
+    reply: Box<[u8]>,
+    got: usize,
+    seq: u64,
+    /// When the message in flight was started.
+    since: Instant,
+    /// Whether the epoll interest includes EPOLLOUT (only while a send is stuck).
+    want_out: bool,
+}
+
+impl Conn {
+    fn open(cfg: &Config, token: u64, now: Instant) -> io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(&cfg.addr, cfg.timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        let mut req = cfg.workload.request();
+        cfg.workload.stamp(&mut req, 0);
+        let reply = vec![0; cfg.workload.reply_capacity()].into_boxed_slice();
+        let (sent, got, seq, since, want_out) = (0, 0, 0, now, false);
+        let conn = Conn {
+            stream,
+            token,
+            req,
+            sent,
+            reply,
+            got,
+            seq,
+            since,
+            want_out,
+        };
+        Ok(conn)
+    }
+
+    fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Makes whatever progress the socket allows; true when a message completed.
+    /// Level-triggered epoll reports the socket again if anything is left to do.
+    fn on_ready(&mut self, ep: &Epoll, w: &Workload, now: Instant) -> Result<bool, Fault> {
+        if self.sent < self.req.len() {
+            self.flush(ep)?;
+        }
+        if !self.receive(w)? {
+            return Ok(false);
+        }
+        self.seq += 1;
+        w.stamp(&mut self.req, self.seq);
+        (self.sent, self.got, self.since) = (0, 0, now);
+        self.flush(ep)?;
+        Ok(true)
+    }
+
+    /// Sends what is left of the request; asks for EPOLLOUT only if the socket is full.
+    fn flush(&mut self, ep: &Epoll) -> Result<(), Fault> {
+        while self.sent < self.req.len() {
+            match self.stream.write(&self.req[self.sent..]) {
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.want_out(ep, true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(Fault::Reset),
+            }
+        }
+        self.want_out(ep, false)
+    }
+
+    /// Reads until the reply is complete or the socket is empty; true when complete.
+    fn receive(&mut self, w: &Workload) -> Result<bool, Fault> {
+        loop {
+            if self.got == self.reply.len() {
+                return Err(Fault::Invalid);
+            }
+            match self.stream.read(&mut self.reply[self.got..]) {
+                Ok(0) => return Err(Fault::Invalid),
+                Ok(n) => self.got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Err(Fault::Reset),
+            }
+            match w.judge(&self.req, &self.reply[..self.got]) {
+                Progress::Partial => {}
+                Progress::Complete => return Ok(true),
+                Progress::Invalid => return Err(Fault::Invalid),
+            }
+        }
+    }
+
+    fn want_out(&mut self, ep: &Epoll, on: bool) -> Result<(), Fault> {
+        if self.want_out != on {
+            let out = if on { libc::EPOLLOUT } else { 0 };
+            let events = (libc::EPOLLIN | out) as u32;
+            ep.modify(self.fd(), self.token, events)
+                .map_err(|_| Fault::Reset)?;
+            self.want_out = on;
+        }
+        Ok(())
+    }
+}
+
+/// A minimal epoll set: the token of each registration is stored in the event itself.
+struct Epoll {
+    fd: OwnedFd,
+}
+
+impl Epoll {
+    fn new() -> io::Result<Epoll> {
+        // SAFETY: plain system call with a valid flag; the result is checked below.
+        let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Epoll { fd })
+    }
+
+    fn add(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, events)
+    }
+
+    fn modify(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, events)
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: `ev` is a valid event for the duration of the call; the kernel copies it.
+        check(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) }).map(drop)
+    }
+
+    /// Waits up to `timeout_ms` for events; an interrupted wait reports none.
+    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+        let (ptr, max) = (events.as_mut_ptr(), events.len() as libc::c_int);
+        // SAFETY: the kernel writes at most `max` events into `events`, which holds `max`.
+        match check(unsafe { libc::epoll_wait(self.fd.as_raw_fd(), ptr, max, timeout_ms) }) {
+            Ok(n) => Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Turns a -1 from a system call into the `errno` error.
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}

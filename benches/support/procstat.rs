@@ -1,0 +1,72 @@
+//! CPU time used by another process, read from `/proc`.
+//!
+//! A load generator on one core saturates before a fast server does, so messages per
+//! second alone cannot rank two servers. What can is the server's CPU time per
+//! operation: sample [`cpu_seconds`] before and after a measured window, and divide the
+//! difference by the operations completed in between.
+//!
+//! The time is user + system (fields 14 and 15 of `/proc/PID/task/TID/stat`, in clock
+//! ticks), summed over the process's live threads. Threads that exit during the window
+//! are not counted; the servers we measure keep theirs until they are killed.
+//! [`thread_cpu_seconds`] gives the load generator's own CPU time, to show whether the
+//! client was the bottleneck (near 100% of its core) or something else was.
+
+use std::fs;
+use std::io;
+
+/// User + system CPU time of all live threads of `pid`, in seconds.
+pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
+    Ok(cpu_ticks(pid)? as f64 / ticks_per_second() as f64)
+}
+
+/// User + system CPU time of all live threads of `pid`, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> io::Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = entry?.path().join("stat");
+        match fs::read_to_string(&path) {
+            Ok(stat) => total += stat_ticks(&stat).ok_or_else(|| bad_stat(&stat))?,
+            // The thread exited between listing and reading: nothing left to count.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+/// CPU time used so far by the calling thread, in seconds (precise, not in ticks).
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; this clock id exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Clock ticks per second, the unit of the times in `/proc/*/stat`.
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: `sysconf` only reads a configuration value; it has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    // Linux has reported 100 on every architecture for decades; keep it as a fallback.
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+/// utime + stime from one `stat` line. The command name (field 2) is in parentheses and
+/// may itself contain spaces or ')', so fields are counted from after the last ')'.
+fn stat_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts at field 3 (state): field 14 is the 12th token, field 15 the 13th.
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn bad_stat(stat: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("unexpected stat line: {stat}"),
+    )
+}

@@ -1,0 +1,148 @@
+//! Settings and the [`Builder`] that makes a [`Server`](crate::Server).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::server::Server;
+
+/// Every setting of a server, with its default. Made by [`Builder`].
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub addr: SocketAddr,
+    pub workers: Option<usize>,
+    pub pin_workers: bool,
+    pub backlog: u32,
+    pub ring_entries: u32,
+    pub buffer_size: u32,
+    pub buffer_count: u16,
+    pub max_unsent: usize,
+    pub max_pending_input: usize,
+    pub accept_backoff_min: Duration,
+    pub accept_backoff_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: None,
+            pin_workers: true,
+            backlog: 4096,
+            ring_entries: 1024,
+            buffer_size: 4096,
+            buffer_count: 1024,
+            max_unsent: 1024 * 1024,
+            max_pending_input: 256 * 1024,
+            accept_backoff_min: Duration::from_millis(5),
+            accept_backoff_max: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Configures and binds a [`Server`].
+///
+/// ```no_run
+/// # fn main() -> std::io::Result<()> {
+/// let server = gracering::Server::builder()
+///     .addr("127.0.0.1:7000".parse().unwrap())
+///     .workers(2)
+///     .bind()?;
+/// println!("listening on {}", server.local_addr());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    config: Config,
+}
+
+impl Builder {
+    /// A builder with every setting at its default.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// The address to listen on (IPv4 or IPv6). Port 0 picks a free port once, and every
+    /// worker binds that same port. Default `127.0.0.1:8080`.
+    pub fn addr(mut self, addr: SocketAddr) -> Builder {
+        self.config.addr = addr;
+        self
+    }
+
+    /// How many worker threads, each with its own ring and listener. Default: the number
+    /// of CPUs in the process's affinity mask.
+    pub fn workers(mut self, workers: usize) -> Builder {
+        self.config.workers = Some(workers.max(1));
+        self
+    }
+
+    /// Whether each worker pins itself to its own CPU (from the process's affinity mask,
+    /// round robin). Default `true`.
+    pub fn pin_workers(mut self, pin: bool) -> Builder {
+        self.config.pin_workers = pin;
+        self
+    }
+
+    /// The listen backlog of each worker's listener, capped by `net.core.somaxconn`.
+    /// Default 4096.
+    pub fn backlog(mut self, backlog: u32) -> Builder {
+        self.config.backlog = backlog.max(1);
+        self
+    }
+
+    /// Submission queue entries of each worker's ring (the completion queue gets four
+    /// times as many). Default 1024.
+    pub fn ring_entries(mut self, entries: u32) -> Builder {
+        self.config.ring_entries = entries.clamp(8, 32768);
+        self
+    }
+
+    /// Size in bytes of each receive buffer in a worker's provided buffer ring.
+    /// Default 4096.
+    pub fn buffer_size(mut self, size: u32) -> Builder {
+        self.config.buffer_size = size.max(64);
+        self
+    }
+
+    /// How many receive buffers each worker's buffer ring holds, rounded up to a power of
+    /// two (at most 32768). Default 1024.
+    pub fn buffer_count(mut self, count: u16) -> Builder {
+        self.config.buffer_count = count.clamp(1, 1 << 15).next_power_of_two();
+        self
+    }
+
+    /// Back-pressure: once a connection has more than this many bytes written but not yet
+    /// sent, the engine stops reading from it until half of them are sent. Default 1 MiB.
+    pub fn max_unsent(mut self, bytes: usize) -> Builder {
+        self.config.max_unsent = bytes.max(1);
+        self
+    }
+
+    /// The most input a handler may leave unconsumed on one connection; past it the
+    /// connection is closed with [`CloseReason::InputLimit`](crate::CloseReason::InputLimit).
+    /// Default 256 KiB.
+    pub fn max_pending_input(mut self, bytes: usize) -> Builder {
+        self.config.max_pending_input = bytes.max(1);
+        self
+    }
+
+    /// When `accept` fails for lack of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+    /// ENOMEM), the worker waits before trying again: `min` at first, doubling up to
+    /// `max`. Defaults 5 ms and 500 ms.
+    pub fn accept_backoff(mut self, min: Duration, max: Duration) -> Builder {
+        self.config.accept_backoff_min = min.max(Duration::from_micros(100));
+        self.config.accept_backoff_max = max.max(self.config.accept_backoff_min);
+        self
+    }
+
+    /// The settings as they stand.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Creates the workers' listening sockets (bound, listening) and returns the server,
+    /// ready to [`run`](Server::run).
+    pub fn bind(self) -> io::Result<Server> {
+        Server::bind(self.config)
+    }
+}

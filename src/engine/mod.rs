@@ -1,0 +1,416 @@
+//! The per-worker engine: connection state and handler calls, driven by [`Event`]s and
+//! answering with [`Ops`] requests. It makes no syscalls, so every backend shares it and
+//! the in-memory [`sim`](crate::sim) backend can run it without a kernel.
+//!
+//! One loop turn, as a backend drives it:
+//!
+//! ```text
+//!   begin_turn(now)            the turn's clock, read once by the backend
+//!   handle(event) ...          one call per decoded completion; handler callbacks run here
+//!   end_turn()                 coalesced sends go out, back-pressure and closes advance
+//!   next_deadline()            how long the backend may wait for the next completion
+//! ```
+
+mod conn;
+
+use std::mem;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::buf::BufPool;
+use crate::config::Config;
+use crate::handler::{CloseReason, Conn, ConnId, Handler};
+use crate::log;
+use crate::stats::WorkerStats;
+use crate::sys::{ConnRef, Event, GEN_MASK, Ops, OutBuf, RecvEnd};
+
+use conn::{Closing, Connection, Recv};
+
+/// The accept side of a worker: whether an accept is in the kernel, and the back-off
+/// that keeps a worker out of descriptors from spinning.
+#[derive(Debug, Default)]
+struct Acceptor {
+    armed: bool,
+    backoff: Option<Duration>,
+    retry_at: Option<Instant>,
+}
+
+/// One worker's engine.
+pub(crate) struct Engine<H: Handler> {
+    handler: H,
+    worker: usize,
+    conns: Slab<Connection<H::State>>,
+    pool: BufPool,
+    flush: Vec<u32>,
+    next_generation: u32,
+    acceptor: Acceptor,
+    now: Instant,
+    max_unsent: usize,
+    max_pending_input: usize,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    stats: WorkerStats,
+}
+
+impl<H: Handler> Engine<H> {
+    pub fn new(handler: H, worker: usize, config: &Config) -> Engine<H> {
+        Engine {
+            handler,
+            worker,
+            conns: Slab::with_capacity(1024),
+            pool: BufPool::new(16 * 1024, 4096),
+            flush: Vec::with_capacity(1024),
+            next_generation: 0,
+            acceptor: Acceptor::default(),
+            now: Instant::now(),
+            max_unsent: config.max_unsent,
+            max_pending_input: config.max_pending_input,
+            backoff_min: config.accept_backoff_min,
+            backoff_max: config.accept_backoff_max,
+            stats: WorkerStats::default(),
+        }
+    }
+
+    /// Arms accepting. Called once, before the first turn.
+    pub fn start(&mut self, ops: &mut impl Ops) {
+        self.arm_accept(ops);
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
+    /// How many connections are open (or closing) on this worker.
+    pub fn live(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The slot reference of the open connection with descriptor `fd` (for the simulator).
+    pub fn conn_ref_of_fd(&self, fd: i32) -> Option<ConnRef> {
+        self.conns
+            .iter()
+            .find(|(_, c)| c.fd == fd)
+            .map(|(_, c)| c.conn_ref())
+    }
+
+    /// Sets the turn's clock and fires timers that are due.
+    pub fn begin_turn(&mut self, now: Instant, ops: &mut impl Ops) {
+        self.now = now;
+        if let Some(at) = self.acceptor.retry_at
+            && at <= now
+        {
+            self.acceptor.retry_at = None;
+            self.arm_accept(ops);
+        }
+    }
+
+    /// The earliest instant at which the engine has something to do without an event.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.acceptor.retry_at
+    }
+
+    /// Handles one event.
+    pub fn handle(&mut self, event: Event<'_>, ops: &mut impl Ops) {
+        match event {
+            Event::Accepted { fd } => self.on_accepted(fd, ops),
+            Event::AcceptEnded { errno } => self.on_accept_ended(errno, ops),
+            Event::Received { conn, data } => self.on_received(conn, data, ops),
+            Event::RecvEnded { conn, why } => self.on_recv_ended(conn, why, ops),
+            Event::Sent { conn, result, buf } => self.on_sent(conn, result, buf, ops),
+            Event::Closed { conn } => self.on_closed(conn),
+        }
+    }
+
+    /// Ends the turn: everything written during it leaves in one send per connection.
+    pub fn end_turn(&mut self, ops: &mut impl Ops) {
+        for key in mem::take(&mut self.flush).drain(..) {
+            let Some(c) = self.conns.get_mut(key as usize) else {
+                continue;
+            };
+            c.flush_queued = false;
+            if !c.sending
+                && !c.out.is_empty()
+                && matches!(c.closing, Closing::Open | Closing::AfterFlush(_))
+            {
+                let buf = mem::take(&mut c.out);
+                c.inflight = buf.len();
+                c.sending = true;
+                ops.send(c.conn_ref(), c.fd, OutBuf { buf, pos: 0 });
+            }
+            if c.check_pressure(self.max_unsent, ops) {
+                self.stats.reads_paused += 1;
+            }
+            c.advance_close(ops);
+        }
+    }
+
+    fn arm_accept(&mut self, ops: &mut impl Ops) {
+        if !self.acceptor.armed {
+            ops.accept();
+            self.acceptor.armed = true;
+        }
+    }
+
+    fn on_accepted(&mut self, fd: i32, ops: &mut impl Ops) {
+        self.stats.accepted += 1;
+        if self.acceptor.backoff.take().is_some() {
+            log::info(format_args!(
+                "worker {}: accepting again after {} back-offs",
+                self.worker, self.stats.accept_backoffs
+            ));
+        }
+        self.next_generation = (self.next_generation + 1) & GEN_MASK;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key() as u32;
+        let c = entry.insert(Connection::new(fd, key, self.next_generation));
+        let mut conn = Conn {
+            id: ConnId(key),
+            worker: self.worker,
+            out: &mut c.out,
+            unsent: 0,
+            pool: &mut self.pool,
+            close: &mut c.close_requested,
+        };
+        c.state = Some(self.handler.on_open(&mut conn));
+        c.arm_recv(ops);
+        Self::after_handler(c, &mut self.flush, ops);
+    }
+
+    fn on_accept_ended(&mut self, errno: i32, ops: &mut impl Ops) {
+        self.acceptor.armed = false;
+        match errno {
+            0
+            | libc::ECANCELED
+            | libc::ECONNABORTED
+            | libc::EINTR
+            | libc::EAGAIN
+            | libc::EPROTO => {
+                if errno != 0 && errno != libc::ECANCELED {
+                    self.stats.accept_errors += 1;
+                }
+                self.arm_accept(ops);
+            }
+            _ => self.back_off(errno),
+        }
+    }
+
+    /// Waits before accepting again: the listener's queue still holds the connection that
+    /// failed, so re-arming at once would spin.
+    fn back_off(&mut self, errno: i32) {
+        let delay = match self.acceptor.backoff {
+            None => self.backoff_min,
+            Some(d) => (d * 2).min(self.backoff_max),
+        };
+        if self.acceptor.backoff.is_none() {
+            log::warn(format_args!(
+                "worker {}: accept failed ({}), backing off",
+                self.worker,
+                std::io::Error::from_raw_os_error(errno)
+            ));
+        }
+        if !matches!(
+            errno,
+            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+        ) {
+            self.stats.accept_errors += 1;
+        }
+        self.stats.accept_backoffs += 1;
+        self.acceptor.backoff = Some(delay);
+        self.acceptor.retry_at = Some(self.now + delay);
+    }
+
+    fn on_received(&mut self, conn: ConnRef, data: &[u8], ops: &mut impl Ops) {
+        self.stats.bytes_in += data.len() as u64;
+        let worker = self.worker;
+        let max_pending = self.max_pending_input;
+        let Some(c) = lookup(&mut self.conns, &mut self.stats, conn) else {
+            return;
+        };
+        if c.closing != Closing::Open || c.close_requested {
+            return; // closing: input is read only so that the close does not reset
+        }
+        let handler = &mut self.handler;
+        let pool = &mut self.pool;
+        if c.pending.is_empty() {
+            let used = deliver(handler, c, pool, worker, data);
+            if used < data.len() && !c.close_requested {
+                c.pending = pool.take();
+                c.pending.extend_from_slice(&data[used..]);
+            }
+        } else {
+            let mut pending = mem::take(&mut c.pending);
+            pending.extend_from_slice(data);
+            let used = deliver(handler, c, pool, worker, &pending);
+            pending.drain(..used);
+            if pending.is_empty() || c.close_requested {
+                pool.put(pending);
+            } else {
+                c.pending = pending;
+            }
+        }
+        if c.pending.len() > max_pending {
+            self.stats.input_limit_closes += 1;
+            c.begin_close(CloseReason::InputLimit, false, ops);
+        }
+        Self::after_handler(c, &mut self.flush, ops);
+    }
+
+    fn on_recv_ended(&mut self, conn: ConnRef, why: RecvEnd, ops: &mut impl Ops) {
+        if why == RecvEnd::NoBuffers {
+            self.stats.recv_no_buffers += 1;
+        }
+        let Some(c) = lookup(&mut self.conns, &mut self.stats, conn) else {
+            return;
+        };
+        c.recv = Recv::Off;
+        match why {
+            RecvEnd::Eof => {
+                c.read_done = true;
+                c.begin_close(CloseReason::PeerClosed, true, ops);
+            }
+            RecvEnd::Rearm | RecvEnd::NoBuffers | RecvEnd::Cancelled => c.arm_recv(ops),
+            RecvEnd::Error(errno) => c.begin_close(error_reason(errno), false, ops),
+        }
+        c.advance_close(ops);
+    }
+
+    fn on_sent(
+        &mut self,
+        conn: ConnRef,
+        result: Result<usize, i32>,
+        mut buf: OutBuf,
+        ops: &mut impl Ops,
+    ) {
+        let Some(c) = lookup(&mut self.conns, &mut self.stats, conn) else {
+            self.pool.put(buf.buf);
+            return;
+        };
+        c.sending = false;
+        match result {
+            Ok(n) if n > 0 => {
+                self.stats.bytes_out += n as u64;
+                buf.pos += n;
+                if buf.pos < buf.buf.len() && !matches!(c.closing, Closing::Now(_)) {
+                    c.inflight = buf.buf.len() - buf.pos;
+                    c.sending = true;
+                    ops.send(c.conn_ref(), c.fd, buf);
+                } else {
+                    self.pool.put(buf.buf);
+                    queue_flush(c, &mut self.flush);
+                }
+            }
+            Ok(_) => {
+                self.pool.put(buf.buf);
+                c.begin_close(CloseReason::Error(libc::EIO), false, ops);
+            }
+            Err(errno) => {
+                self.pool.put(buf.buf);
+                if errno != libc::ECANCELED {
+                    c.begin_close(error_reason(errno), false, ops);
+                }
+            }
+        }
+        if c.check_pressure(self.max_unsent, ops) {
+            self.stats.reads_paused += 1;
+        }
+        c.advance_close(ops);
+    }
+
+    fn on_closed(&mut self, conn: ConnRef) {
+        if lookup(&mut self.conns, &mut self.stats, conn).is_none() {
+            return;
+        }
+        let c = self.conns.remove(conn.key as usize);
+        let reason = match c.closing {
+            Closing::Submitted(reason) => reason,
+            Closing::Open | Closing::AfterFlush(_) | Closing::Now(_) => {
+                CloseReason::Error(libc::EBADF)
+            }
+        };
+        self.stats.closed += 1;
+        self.pool.put(c.out);
+        self.pool.put(c.pending);
+        if let Some(state) = c.state {
+            self.handler.on_close(state, reason);
+        }
+    }
+
+    /// After a handler call: queue the output and honour a close request.
+    fn after_handler(c: &mut Connection<H::State>, flush: &mut Vec<u32>, ops: &mut impl Ops) {
+        if !c.out.is_empty() {
+            queue_flush(c, flush);
+        }
+        if c.close_requested && c.closing == Closing::Open {
+            c.begin_close(CloseReason::Handler, true, ops);
+            queue_flush(c, flush);
+        }
+    }
+}
+
+/// Finds the connection a completion belongs to, or counts the completion as stale: its
+/// slot was closed (and perhaps reused) since the operation was issued.
+fn lookup<'a, S>(
+    conns: &'a mut Slab<Connection<S>>,
+    stats: &mut WorkerStats,
+    conn: ConnRef,
+) -> Option<&'a mut Connection<S>> {
+    match conns.get_mut(conn.key as usize) {
+        Some(c) if c.generation == conn.generation => Some(c),
+        _ => {
+            stats.stale_completions += 1;
+            None
+        }
+    }
+}
+
+fn queue_flush<S>(c: &mut Connection<S>, flush: &mut Vec<u32>) {
+    if !c.flush_queued {
+        c.flush_queued = true;
+        flush.push(c.key);
+    }
+}
+
+/// Offers `data` to the handler until it consumes all of it, stops making progress, or
+/// asks to close. Returns how many bytes it consumed.
+fn deliver<H: Handler>(
+    handler: &mut H,
+    c: &mut Connection<H::State>,
+    pool: &mut BufPool,
+    worker: usize,
+    data: &[u8],
+) -> usize {
+    let mut used = 0;
+    let Some(state) = c.state.as_mut() else {
+        return data.len();
+    };
+    while used < data.len() && !c.close_requested {
+        let mut conn = Conn {
+            id: ConnId(c.key),
+            worker,
+            out: &mut c.out,
+            unsent: if c.sending { c.inflight } else { 0 },
+            pool,
+            close: &mut c.close_requested,
+        };
+        let n = handler
+            .on_data(state, &mut conn, &data[used..])
+            .min(data.len() - used);
+        if n == 0 {
+            break;
+        }
+        used += n;
+    }
+    used
+}
+
+fn error_reason(errno: i32) -> CloseReason {
+    match errno {
+        libc::ECONNRESET | libc::EPIPE => CloseReason::Reset,
+        _ => CloseReason::Error(errno),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,95 @@
+//! # gracering
+//!
+//! A thread-per-core TCP server engine for Linux on io_uring, built to stop without
+//! dropping anything.
+//!
+//! Each worker thread is pinned to its own CPU and owns its own io_uring, its own
+//! `SO_REUSEPORT` listener and its own connections: nothing is shared on the hot path.
+//! A service plugs in through the [`Handler`] trait; one handler instance lives on each
+//! worker.
+//!
+//! ```text
+//!        kernel (one per worker)                    worker thread, pinned to CPU k
+//!  ┌──────────────────────────────┐  completions  ┌──────────────────────────────────────┐
+//!  │ io_uring                     │ ────────────▶ │ backend (sys::uring): user_data →    │
+//!  │   multishot accept ◀─ listener k (REUSEPORT) │   Event { Accepted, Received, Sent,  │
+//!  │   multishot recv ──▶ buffer ring             │           RecvEnded, Closed, ... }   │
+//!  │   send, cancel, close        │               │ engine: connection slab, handler     │
+//!  └──────────────────────────────┘               │   calls, back-pressure, closes       │
+//!                 ▲   one submit-and-wait per turn│ Ops: accept recv send cancel close   │
+//!                 └───────────────────────────────┴──────────────────────────────────────┘
+//! ```
+//!
+//! Bytes flow like this: the kernel fills a buffer from the worker's provided buffer
+//! ring; the engine hands that slice to [`Handler::on_data`]; the handler writes its
+//! reply into the connection's output; the buffer goes straight back to the ring (any
+//! unconsumed bytes are copied to the connection's own pending buffer); at the end of the
+//! turn each connection's output leaves in one send.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use gracering::{CloseReason, Conn, Handler, Server};
+//!
+//! /// Echoes every byte back, counting connections per worker.
+//! struct Echo {
+//!     open: usize,
+//! }
+//!
+//! impl Handler for Echo {
+//!     type State = ();
+//!
+//!     fn on_open(&mut self, _conn: &mut Conn<'_>) {
+//!         self.open += 1;
+//!     }
+//!
+//!     fn on_data(&mut self, _state: &mut (), conn: &mut Conn<'_>, data: &[u8]) -> usize {
+//!         conn.write(data);
+//!         data.len()
+//!     }
+//!
+//!     fn on_close(&mut self, _state: (), _reason: CloseReason) {
+//!         self.open -= 1;
+//!     }
+//! }
+//!
+//! fn main() -> std::io::Result<()> {
+//!     let server = Server::builder()
+//!         .addr("127.0.0.1:7000".parse().unwrap())
+//!         .workers(2)
+//!         .bind()?;
+//!     println!("listening on {}", server.local_addr());
+//!     let report = server.run(|_worker| Echo { open: 0 })?;
+//!     eprintln!("{}", report.total());
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Modules
+//!
+//! - `engine`: connection state and handler calls; no syscalls.
+//! - `sys`: the backend boundary (events in, operations out) and the io_uring backend.
+//! - [`sim`]: an in-memory backend, to drive a handler and the engine without a kernel.
+//! - `listener`, `cpu`, `buf`: listening sockets, CPU pinning, output buffers.
+
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+#[doc(hidden)]
+pub mod bench;
+mod buf;
+mod config;
+mod cpu;
+mod engine;
+mod handler;
+mod listener;
+mod log;
+mod server;
+pub mod sim;
+mod stats;
+mod sys;
+
+pub use config::Builder;
+pub use handler::{CloseReason, Conn, ConnId, Handler};
+pub use server::Server;
+pub use stats::{Report, WorkerStats};

@@ -1,0 +1,335 @@
+//! An in-memory backend: runs a worker's engine and a [`Handler`] without a kernel.
+//!
+//! [`Sim`] plays both the kernel and the peers. Operations the engine asks for complete
+//! at the next [`Sim::turn`]: a send delivers its bytes to the peer at once (in full),
+//! a receive delivers what the peer [`send`](Sim::send)s in chunks of the buffer size,
+//! a close completes. That makes it a fast, deterministic harness for a handler's logic
+//! and for the engine's own bookkeeping (benchmarks use it for the per-event cost).
+//!
+//! ```
+//! use gracering::sim::Sim;
+//! use gracering::{Conn, Handler};
+//!
+//! struct Upper;
+//! impl Handler for Upper {
+//!     type State = ();
+//!     fn on_open(&mut self, _: &mut Conn<'_>) {}
+//!     fn on_data(&mut self, _: &mut (), conn: &mut Conn<'_>, data: &[u8]) -> usize {
+//!         conn.write(&data.to_ascii_uppercase());
+//!         data.len()
+//!     }
+//! }
+//!
+//! let mut sim = Sim::new(Upper);
+//! let peer = sim.connect();
+//! sim.send(peer, b"hello");
+//! sim.run_until_idle();
+//! assert_eq!(sim.take_received(peer), b"HELLO");
+//! ```
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use crate::config::{Builder, Config};
+use crate::engine::Engine;
+use crate::handler::Handler;
+use crate::stats::WorkerStats;
+use crate::sys::{ConnRef, Event, Ops, OutBuf, RecvEnd};
+
+/// A simulated peer: the client end of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    index: usize,
+}
+
+/// What the simulated kernel knows of one connection.
+#[derive(Debug, Default)]
+struct PeerState {
+    conn: Option<ConnRef>,
+    recv_armed: bool,
+    /// Bytes the peer sent that the server has not received yet.
+    outbox: VecDeque<u8>,
+    /// Bytes the server sent to the peer.
+    inbox: Vec<u8>,
+    fin: bool,
+    reset: bool,
+    closed: bool,
+}
+
+/// A completion waiting to be delivered at the next turn.
+#[derive(Debug)]
+enum Pending {
+    Sent(ConnRef, usize, OutBuf),
+    RecvEnded(ConnRef, RecvEnd),
+    Closed(ConnRef),
+    Stale(ConnRef, Vec<u8>),
+}
+
+/// The simulated kernel's side of the [`Ops`] boundary.
+#[derive(Debug, Default)]
+struct Kernel {
+    accept_armed: bool,
+    peers: Vec<PeerState>,
+    completions: VecDeque<Pending>,
+    ops: u64,
+}
+
+impl Kernel {
+    fn peer_of(&mut self, conn: ConnRef) -> Option<&mut PeerState> {
+        self.peers
+            .iter_mut()
+            .find(|p| p.conn == Some(conn) && !p.closed)
+    }
+}
+
+impl Ops for Kernel {
+    fn accept(&mut self) {
+        self.ops += 1;
+        self.accept_armed = true;
+    }
+
+    fn recv(&mut self, conn: ConnRef, _fd: RawFd) {
+        self.ops += 1;
+        if let Some(p) = self.peer_of(conn) {
+            p.recv_armed = true;
+        }
+    }
+
+    fn send(&mut self, conn: ConnRef, _fd: RawFd, buf: OutBuf) {
+        self.ops += 1;
+        let n = buf.remaining().len();
+        if let Some(p) = self.peer_of(conn) {
+            p.inbox.extend_from_slice(buf.remaining());
+        }
+        self.completions.push_back(Pending::Sent(conn, n, buf));
+    }
+
+    fn cancel_recv(&mut self, conn: ConnRef) {
+        self.ops += 1;
+        if let Some(p) = self.peer_of(conn)
+            && p.recv_armed
+        {
+            p.recv_armed = false;
+            self.completions
+                .push_back(Pending::RecvEnded(conn, RecvEnd::Cancelled));
+        }
+    }
+
+    fn cancel_send(&mut self, _conn: ConnRef) {
+        self.ops += 1; // sends complete in full at once; nothing to cancel
+    }
+
+    fn close(&mut self, conn: ConnRef, _fd: RawFd) {
+        self.ops += 1;
+        if let Some(p) = self.peer_of(conn) {
+            p.closed = true;
+        }
+        self.completions.push_back(Pending::Closed(conn));
+    }
+}
+
+/// A worker's engine running against simulated peers. See the [module docs](self).
+pub struct Sim<H: Handler> {
+    engine: Engine<H>,
+    kernel: Kernel,
+    accept_queue: VecDeque<usize>,
+    chunk: usize,
+    next_fd: RawFd,
+}
+
+impl<H: Handler> Sim<H> {
+    /// A simulated worker 0 with default settings.
+    pub fn new(handler: H) -> Sim<H> {
+        Sim::with_config(handler, &Builder::new())
+    }
+
+    /// A simulated worker 0 with the settings of `builder` (buffer size, limits).
+    pub fn with_config(handler: H, builder: &Builder) -> Sim<H> {
+        let config: &Config = builder.config();
+        let mut sim = Sim {
+            engine: Engine::new(handler, 0, config),
+            kernel: Kernel::default(),
+            accept_queue: VecDeque::new(),
+            chunk: config.buffer_size as usize,
+            next_fd: 1000,
+        };
+        sim.engine.start(&mut sim.kernel);
+        sim
+    }
+
+    /// A new peer connects; it is accepted at the next turn.
+    pub fn connect(&mut self) -> Peer {
+        let index = self.kernel.peers.len();
+        self.kernel.peers.push(PeerState::default());
+        self.accept_queue.push_back(index);
+        Peer { index }
+    }
+
+    /// The peer sends bytes; the server receives them (in buffer-size chunks) at the next
+    /// turn in which its receive is armed.
+    pub fn send(&mut self, peer: Peer, bytes: &[u8]) {
+        self.kernel.peers[peer.index].outbox.extend(bytes);
+    }
+
+    /// The peer shuts down its write side (FIN) after the bytes it already sent.
+    pub fn shutdown_write(&mut self, peer: Peer) {
+        self.kernel.peers[peer.index].fin = true;
+    }
+
+    /// The peer resets the connection (the server's receive fails with ECONNRESET).
+    pub fn reset(&mut self, peer: Peer) {
+        self.kernel.peers[peer.index].reset = true;
+    }
+
+    /// Delivers a receive completion for the peer's connection as it was when the peer
+    /// connected, even if the server has closed it since: what a late completion from the
+    /// kernel looks like. The engine must ignore it when the slot moved on.
+    pub fn deliver_stale(&mut self, peer: Peer, bytes: &[u8]) {
+        if let Some(conn) = self.kernel.peers[peer.index].conn {
+            self.kernel
+                .completions
+                .push_back(Pending::Stale(conn, bytes.to_vec()));
+        }
+    }
+
+    /// Takes the bytes the server sent to the peer so far.
+    pub fn take_received(&mut self, peer: Peer) -> Vec<u8> {
+        std::mem::take(&mut self.kernel.peers[peer.index].inbox)
+    }
+
+    /// Whether the server has closed the peer's connection.
+    pub fn is_closed(&self, peer: Peer) -> bool {
+        self.kernel.peers[peer.index].closed
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> &WorkerStats {
+        self.engine.stats()
+    }
+
+    /// Connections open (or closing) in the engine.
+    pub fn live(&self) -> usize {
+        self.engine.live()
+    }
+
+    /// How many operations the engine has asked of the simulated kernel so far.
+    pub fn ops_issued(&self) -> u64 {
+        self.kernel.ops
+    }
+
+    /// One loop turn: deliver what the kernel completed, run the handlers, flush.
+    /// Returns how many events were delivered.
+    pub fn turn(&mut self) -> usize {
+        let Sim { engine, kernel, .. } = self;
+        engine.begin_turn(Instant::now(), kernel);
+        let mut events = 0;
+        while kernel.accept_armed
+            && let Some(index) = self.accept_queue.pop_front()
+        {
+            let fd = self.next_fd;
+            self.next_fd += 1;
+            engine.handle(Event::Accepted { fd }, kernel);
+            // The engine took the newest slot; find it through the recv it armed.
+            kernel.peers[index].conn = engine.conn_ref_of_fd(fd);
+            kernel.peers[index].recv_armed = true;
+            events += 1;
+        }
+        for _ in 0..kernel.completions.len() {
+            let Some(done) = kernel.completions.pop_front() else {
+                break;
+            };
+            events += 1;
+            match done {
+                Pending::Sent(conn, n, buf) => engine.handle(
+                    Event::Sent {
+                        conn,
+                        result: Ok(n),
+                        buf,
+                    },
+                    kernel,
+                ),
+                Pending::RecvEnded(conn, why) => {
+                    engine.handle(Event::RecvEnded { conn, why }, kernel)
+                }
+                Pending::Closed(conn) => engine.handle(Event::Closed { conn }, kernel),
+                Pending::Stale(conn, data) => {
+                    engine.handle(Event::Received { conn, data: &data }, kernel)
+                }
+            }
+        }
+        events += self.deliver_peer_input();
+        let Sim { engine, kernel, .. } = self;
+        engine.end_turn(kernel);
+        events
+    }
+
+    /// Turns until nothing more happens (at most 10,000 turns). Returns the turn count.
+    pub fn run_until_idle(&mut self) -> usize {
+        for turns in 0..10_000 {
+            if self.turn() == 0 {
+                return turns;
+            }
+        }
+        10_000
+    }
+
+    fn deliver_peer_input(&mut self) -> usize {
+        let Sim {
+            engine,
+            kernel,
+            chunk,
+            ..
+        } = self;
+        let mut events = 0;
+        let mut buf = vec![0u8; *chunk];
+        for i in 0..kernel.peers.len() {
+            let p = &mut kernel.peers[i];
+            let (Some(conn), true, false) = (p.conn, p.recv_armed, p.closed) else {
+                continue;
+            };
+            if p.reset {
+                p.recv_armed = false;
+                events += 1;
+                engine.handle(
+                    Event::RecvEnded {
+                        conn,
+                        why: RecvEnd::Error(libc::ECONNRESET),
+                    },
+                    kernel,
+                );
+                continue;
+            }
+            while let p = &mut kernel.peers[i]
+                && p.recv_armed
+                && !p.outbox.is_empty()
+            {
+                let n = p.outbox.len().min(*chunk);
+                for (dst, src) in buf.iter_mut().zip(p.outbox.drain(..n)) {
+                    *dst = src;
+                }
+                events += 1;
+                engine.handle(
+                    Event::Received {
+                        conn,
+                        data: &buf[..n],
+                    },
+                    kernel,
+                );
+            }
+            let p = &mut kernel.peers[i];
+            if p.fin && p.recv_armed && p.outbox.is_empty() {
+                p.recv_armed = false;
+                events += 1;
+                engine.handle(
+                    Event::RecvEnded {
+                        conn,
+                        why: RecvEnd::Eof,
+                    },
+                    kernel,
+                );
+            }
+        }
+        events
+    }
+}

@@ -1,0 +1,98 @@
+//! The boundary between the engine and the kernel.
+//!
+//! A backend turns OS events (io_uring completions, later epoll readiness) into
+//! [`Event`]s for the engine, and carries out the engine's requests through the [`Ops`]
+//! trait. Nothing on the engine side of this boundary makes a syscall; everything on the
+//! backend side is mechanical translation. That is what lets the io_uring backend, an
+//! epoll backend and the in-memory [`sim`](crate::sim) backend share one engine.
+//!
+//! Buffer ownership crosses the boundary explicitly: a send buffer ([`OutBuf`]) is moved
+//! into the backend by [`Ops::send`] and only comes back inside [`Event::Sent`], after the
+//! kernel is done with it, so the engine cannot touch memory the kernel may still read.
+
+use std::os::fd::RawFd;
+
+pub(crate) mod uring;
+
+/// Names one connection slot at one moment: the slab key plus the generation the slot
+/// had when the operation was issued. A completion whose generation no longer matches
+/// the slot belongs to an earlier connection and is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnRef {
+    pub key: u32,
+    pub generation: u32,
+}
+
+/// Bits of the generation that survive the round trip through `user_data`.
+pub(crate) const GEN_MASK: u32 = (1 << 24) - 1;
+
+/// An output buffer on its way to the kernel: the bytes and how many were already sent.
+#[derive(Debug, Default)]
+pub(crate) struct OutBuf {
+    pub buf: Vec<u8>,
+    pub pos: usize,
+}
+
+impl OutBuf {
+    /// The bytes still to send.
+    pub fn remaining(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+}
+
+/// Why a receive operation ended (it no longer delivers data and must be re-armed to
+/// read again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecvEnd {
+    /// The peer closed its write side (a read of zero bytes).
+    Eof,
+    /// The multishot receive stopped for a reason of its own (CQ pressure, a single-shot
+    /// receive on older kernels): re-arm if still reading.
+    Rearm,
+    /// No provided buffer was free; the data waits in the socket.
+    NoBuffers,
+    /// The receive was cancelled at the engine's request.
+    Cancelled,
+    /// The socket reported an error (a positive errno).
+    Error(i32),
+}
+
+/// Something the kernel did, decoded by a backend.
+#[derive(Debug)]
+pub(crate) enum Event<'a> {
+    /// The listener accepted a connection.
+    Accepted { fd: RawFd },
+    /// The accept operation is no longer armed; `errno` is 0 when it ended without an
+    /// error (cancelled, or a single-shot accept that completed).
+    AcceptEnded { errno: i32 },
+    /// Bytes arrived on a connection. The slice is only valid during the call.
+    Received { conn: ConnRef, data: &'a [u8] },
+    /// The connection's receive operation ended.
+    RecvEnded { conn: ConnRef, why: RecvEnd },
+    /// A send finished: `result` is the byte count or a positive errno. The buffer comes
+    /// back to the engine.
+    Sent {
+        conn: ConnRef,
+        result: Result<usize, i32>,
+        buf: OutBuf,
+    },
+    /// The connection's descriptor is closed; no operation of it is in flight any more.
+    Closed { conn: ConnRef },
+}
+
+/// What the engine asks a backend to do. Calls are batched by the backend and reach the
+/// kernel together at the end of the loop turn.
+pub(crate) trait Ops {
+    /// Arm accepting on this worker's listener (multishot where available).
+    fn accept(&mut self);
+    /// Start receiving on a connection (multishot into the provided buffer ring).
+    fn recv(&mut self, conn: ConnRef, fd: RawFd);
+    /// Send `buf.remaining()`; the buffer is owned by the backend until [`Event::Sent`].
+    fn send(&mut self, conn: ConnRef, fd: RawFd, buf: OutBuf);
+    /// Cancel the connection's receive; an [`Event::RecvEnded`] follows.
+    fn cancel_recv(&mut self, conn: ConnRef);
+    /// Cancel the connection's send; its [`Event::Sent`] follows.
+    fn cancel_send(&mut self, conn: ConnRef);
+    /// Close the descriptor; [`Event::Closed`] follows. Only issued with no op in flight.
+    fn close(&mut self, conn: ConnRef, fd: RawFd);
+}

@@ -1,0 +1,122 @@
+//! Ring set-up and the probe of what the kernel offers.
+//!
+//! Set-up tries the cheapest configuration first: SINGLE_ISSUER + DEFER_TASKRUN (task
+//! work runs only when this thread waits, in one batch), then COOP_TASKRUN, then a plain
+//! ring. The probe checks every opcode the engine issues; a missing one is an error the
+//! caller can act on (fall back to another backend).
+
+use std::fmt;
+use std::io;
+
+use io_uring::{IoUring, Probe, opcode};
+
+/// How a ring was set up and what its kernel offers.
+#[derive(Debug, Clone)]
+pub(crate) struct Features {
+    /// The set-up flags the kernel accepted.
+    pub mode: &'static str,
+    /// `IORING_FEAT_EXT_ARG`: waits can carry a timeout (5.11).
+    pub ext_arg: bool,
+    /// `IORING_OP_MSG_RING` (5.18): rings can wake each other.
+    pub msg_ring: bool,
+    /// The kernel release, as `uname -r` prints it.
+    pub release: String,
+}
+
+impl fmt::Display for Features {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "io_uring on Linux {}: setup={} ext_arg={} msg_ring={}",
+            self.release, self.mode, self.ext_arg, self.msg_ring
+        )
+    }
+}
+
+/// Opcodes the engine cannot work without.
+const REQUIRED: [(u8, &str); 5] = [
+    (opcode::Accept::CODE, "ACCEPT"),
+    (opcode::Recv::CODE, "RECV"),
+    (opcode::Send::CODE, "SEND"),
+    (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    (opcode::Close::CODE, "CLOSE"),
+];
+
+/// Applies one set of set-up flags to a ring builder.
+type Configure = fn(&mut io_uring::Builder);
+
+/// Builds a ring with `entries` submission slots, in the best mode the kernel accepts.
+pub(crate) fn build_ring(entries: u32) -> io::Result<(IoUring, Features)> {
+    let cq = entries.saturating_mul(4);
+    let attempts: [(&'static str, Configure); 3] = [
+        ("single_issuer+defer_taskrun", |b| {
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_coop_taskrun();
+        }),
+        ("coop_taskrun", |b| {
+            b.setup_coop_taskrun();
+        }),
+        ("plain", |_| {}),
+    ];
+    let mut last = None;
+    for (mode, configure) in attempts {
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(cq).setup_clamp();
+        configure(&mut builder);
+        match builder.build(entries) {
+            Ok(ring) => {
+                let features = probe(&ring, mode)?;
+                return Ok((ring, features));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("io_uring set-up failed")))
+}
+
+fn probe(ring: &IoUring, mode: &'static str) -> io::Result<Features> {
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    let missing: Vec<&str> = REQUIRED
+        .iter()
+        .filter(|(code, _)| !probe.is_supported(*code))
+        .map(|(_, name)| *name)
+        .collect();
+    if !missing.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("io_uring lacks opcodes {}", missing.join(", ")),
+        ));
+    }
+    if !ring.params().is_feature_ext_arg() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks IORING_FEAT_EXT_ARG (Linux 5.11)",
+        ));
+    }
+    Ok(Features {
+        mode,
+        ext_arg: true,
+        msg_ring: probe.is_supported(opcode::MsgRingData::CODE),
+        release: kernel_release(),
+    })
+}
+
+/// The running kernel's release string (`uname -r`).
+pub(crate) fn kernel_release() -> String {
+    // SAFETY: utsname is plain data; all-zero is a valid value for uname to fill.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is a valid, writable utsname.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return "unknown".into();
+    }
+    let bytes: Vec<u8> = uts
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}

@@ -1,0 +1,126 @@
+//! Resource exhaustion and leaks: a server out of descriptors must not spin and must
+//! recover by itself; thousands of connections must leave no descriptor behind.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const NOFILE: u64 = 64;
+
+fn echoes_within(s: &mut TcpStream, timeout: Duration) -> bool {
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut b = [0u8; 4];
+    let ok = s.read_exact(&mut b).is_ok() && &b == b"ping";
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    ok
+}
+
+#[test]
+fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
+    let server = spawn_example("echo", &["--workers", "1"], |cmd| {
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // setrlimit, which is async-signal-safe; the struct lives on its stack.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: NOFILE,
+                    rlim_max: NOFILE,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    // Fill the server's descriptor table: every connection that echoes holds one.
+    let mut served = Vec::new();
+    let mut queued = Vec::new();
+    for _ in 0..(NOFILE as usize + 20) {
+        let mut s = connect(server.addr);
+        s.write_all(b"ping").unwrap();
+        if queued.is_empty() && echoes_within(&mut s, Duration::from_millis(500)) {
+            served.push(s);
+        } else {
+            queued.push(s);
+        }
+    }
+    assert!(
+        served.len() > 20,
+        "served {} before exhaustion",
+        served.len()
+    );
+    assert!(
+        queued.len() >= 20,
+        "{} connections wait in the backlog",
+        queued.len()
+    );
+    assert!(
+        server.wait_for_stderr("backing off", Duration::from_secs(2)),
+        "no back-off logged: {:?}",
+        server.stderr_lines()
+    );
+
+    // Two seconds out of descriptors, with connections waiting: no spinning.
+    let cpu0 = cpu_seconds(server.pid());
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = cpu_seconds(server.pid()) - cpu0;
+    eprintln!(
+        "CPU while exhausted: {cpu:.3} s over {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        cpu < 0.2,
+        "server used {cpu:.3} s of CPU in 2 s of exhaustion"
+    );
+
+    // Free descriptors: every queued connection is served without any client retrying.
+    drop(served);
+    for (i, s) in queued.iter_mut().enumerate() {
+        assert!(
+            echoes_within(s, Duration::from_secs(5)),
+            "queued connection {i} was not served"
+        );
+    }
+    assert!(server.wait_for_stderr("accepting again", Duration::from_secs(2)));
+    let mut fresh = connect(server.addr);
+    assert_eq!(round_trip(&mut fresh, b"fresh").unwrap(), b"fresh");
+}
+
+#[test]
+fn ten_thousand_connect_close_cycles_leak_no_descriptor() {
+    let server = spawn_echo(&["--workers", "2"]);
+    let baseline = settled_fds(&server);
+    for i in 0..10_000u32 {
+        let mut s = connect(server.addr);
+        match i % 4 {
+            0 => assert_eq!(round_trip(&mut s, b"x").unwrap(), b"x"),
+            1 => {} // connect and close at once
+            2 => {
+                s.write_all(b"unread echo").unwrap();
+                set_linger_zero(&s); // reset with data in flight
+            }
+            _ => {
+                s.write_all(b"y").unwrap();
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).unwrap();
+                assert_eq!(rest, b"y");
+            }
+        }
+    }
+    let settled = wait_until(Duration::from_secs(10), || {
+        open_fds(server.pid()) == baseline
+    });
+    assert!(
+        settled,
+        "server holds {} fds after 10,000 cycles, {baseline} before",
+        open_fds(server.pid())
+    );
+}
