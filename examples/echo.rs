@@ -4,14 +4,26 @@
 //! cargo run --release --example echo -- --addr 127.0.0.1:7000 --workers 2
 //! ```
 //!
-//! Prints one line with the address, the worker count and the backend, then serves
-//! until the process is stopped.
+//! Prints one line with the address, the worker count and the backend, then serves until
+//! SIGTERM or SIGINT: the first starts the drain (connections finish, idle ones close at
+//! once), a second one, or the grace period, cuts what is left. The drain report goes to
+//! stderr as one JSON line.
+//!
+//! Exit codes: 0 after a clean drain; 3 when connections had to be cut (grace deadline
+//! or second signal); 1 when the server could not start; 2 for bad arguments.
+//!
+//! `--resources a,b` registers demonstration per-worker resources; each logs
+//! `worker N: teardown NAME` when the worker tears it down (in reverse order, after the
+//! worker's last connection closed).
+
+mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use gracering::{Conn, Handler, Server};
+use common::{SERVER_USAGE, ServerArgs};
+use gracering::{Conn, Handler, Worker};
 
 /// Echoes every byte back.
 struct Echo;
@@ -27,60 +39,37 @@ impl Handler for Echo {
     }
 }
 
-struct Args {
-    addr: SocketAddr,
-    workers: Option<usize>,
-    backlog: Option<u32>,
-}
-
-const USAGE: &str = "usage: echo [--addr IP:PORT] [--workers N] [--backlog N]";
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        addr: SocketAddr::from(([127, 0, 0, 1], 7000)),
-        workers: None,
-        backlog: None,
-    };
+fn parse_args() -> Result<(ServerArgs, Vec<String>), String> {
+    let mut server = ServerArgs::default();
+    let mut resources = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
-        };
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        if server.take(&flag, &mut value)? {
+            continue;
+        }
         match flag.as_str() {
-            "--addr" => args.addr = value()?.parse().map_err(|e| format!("--addr: {e}"))?,
-            "--workers" => {
-                args.workers = Some(value()?.parse().map_err(|e| format!("--workers: {e}"))?)
-            }
-            "--backlog" => {
-                args.backlog = Some(value()?.parse().map_err(|e| format!("--backlog: {e}"))?)
-            }
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+            "--resources" => resources = value()?.split(',').map(str::to_string).collect(),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other}")),
         }
     }
-    Ok(args)
+    Ok((server, resources))
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
+    let (args, resources) = match parse_args() {
+        Ok(parsed) => parsed,
         Err(msg) => {
-            eprintln!("{msg}");
+            eprintln!("{msg}\nusage: echo {SERVER_USAGE} [--resources NAME,NAME]");
             return ExitCode::from(2);
         }
     };
-    let mut builder = Server::builder().addr(args.addr);
-    if let Some(workers) = args.workers {
-        builder = builder.workers(workers);
-    }
-    if let Some(backlog) = args.backlog {
-        builder = builder.backlog(backlog);
-    }
+    let builder = args.builder(SocketAddr::from(([127, 0, 0, 1], 7000)));
     let server = match builder.bind() {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("echo: cannot listen on {}: {e}", args.addr);
+            eprintln!("echo: cannot listen: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -91,11 +80,16 @@ fn main() -> ExitCode {
         server.backend()
     );
     let _ = std::io::stdout().flush();
-    match server.run(|_worker| Echo) {
-        Ok(report) => {
-            eprintln!("{{\"stats\":{}}}", report.total());
-            ExitCode::SUCCESS
+    let make = |worker: &mut Worker| {
+        for name in &resources {
+            // Stands in for a per-core resource such as a database pool; gracering logs
+            // its teardown.
+            worker.on_teardown(name.clone(), || {});
         }
+        Echo
+    };
+    match server.run(make) {
+        Ok(report) => common::finish(&report),
         Err(e) => {
             eprintln!("echo: {e}");
             ExitCode::FAILURE

@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::handler::{Conn, Handler};
+use crate::handler::{Conn, Handler, Worker};
+use crate::shared::Shared;
 use crate::sys::uring::{BufRing, Kind, decode, encode};
 use crate::sys::{ConnRef, Event, Ops, OutBuf};
 
@@ -74,7 +75,13 @@ impl Ops for Parked {
     }
     fn cancel_recv(&mut self, _conn: ConnRef) {}
     fn cancel_send(&mut self, _conn: ConnRef) {}
+    fn shutdown_write(&mut self, _conn: ConnRef, _fd: RawFd) {}
     fn close(&mut self, _conn: ConnRef, _fd: RawFd) {}
+    fn cancel_accept(&mut self) {}
+    fn close_listener(&mut self, _backlog: &mut Vec<RawFd>) -> Option<i32> {
+        None
+    }
+    fn wake_workers(&mut self) {}
 }
 
 /// A real engine with an echo handler and `n` open connections, fed from memory.
@@ -88,7 +95,12 @@ impl EchoEngine {
     /// An engine with `conns` accepted connections.
     pub fn new(conns: usize) -> EchoEngine {
         let mut e = EchoEngine {
-            engine: Engine::new(Echo, 0, &Config::default()),
+            engine: Engine::new(
+                Echo,
+                Worker::new(0),
+                &Config::default(),
+                Shared::new(1).expect("eventfd"),
+            ),
             ops: Parked::default(),
             conns: Vec::new(),
         };

@@ -20,6 +20,10 @@ pub(crate) struct Config {
     pub max_pending_input: usize,
     pub accept_backoff_min: Duration,
     pub accept_backoff_max: Duration,
+    pub drain_delay: Duration,
+    pub grace_period: Duration,
+    pub linger: Duration,
+    pub handle_signals: bool,
 }
 
 impl Default for Config {
@@ -36,6 +40,10 @@ impl Default for Config {
             max_pending_input: 256 * 1024,
             accept_backoff_min: Duration::from_millis(5),
             accept_backoff_max: Duration::from_millis(500),
+            drain_delay: Duration::ZERO,
+            grace_period: Duration::from_secs(25),
+            linger: Duration::from_secs(1),
+            handle_signals: true,
         }
     }
 }
@@ -132,6 +140,40 @@ impl Builder {
     pub fn accept_backoff(mut self, min: Duration, max: Duration) -> Builder {
         self.config.accept_backoff_min = min.max(Duration::from_micros(100));
         self.config.accept_backoff_max = max.max(self.config.accept_backoff_min);
+        self
+    }
+
+    /// Readiness delay: after the drain begins, keep accepting and serving for this long
+    /// while [`Conn::is_draining`](crate::Conn::is_draining) reports it (health checks
+    /// answer 503), so load balancers stop routing before the listener goes away.
+    /// Default 0.
+    pub fn drain_delay(mut self, delay: Duration) -> Builder {
+        self.config.drain_delay = delay;
+        self
+    }
+
+    /// How long the drain may take, counted from the signal. When it passes, the
+    /// connections still open are closed and counted as aborted. Default 25 s (inside
+    /// Kubernetes' default 30 s termination grace period).
+    pub fn grace_period(mut self, grace: Duration) -> Builder {
+        self.config.grace_period = grace;
+        self
+    }
+
+    /// How long a gracefully closing connection keeps reading (and discarding) what the
+    /// peer still sends after its write side was shut down, so unread bytes cannot turn
+    /// the close into a reset that destroys the last response. Ends early at the peer's
+    /// FIN. Default 1 s.
+    pub fn linger(mut self, linger: Duration) -> Builder {
+        self.config.linger = linger;
+        self
+    }
+
+    /// Whether SIGTERM and SIGINT drive the drain (first: drain, second: force).
+    /// Default `true`. Without it only the
+    /// [`ShutdownHandle`](crate::ShutdownHandle) stops the server.
+    pub fn handle_signals(mut self, handle: bool) -> Builder {
+        self.config.handle_signals = handle;
         self
     }
 

@@ -1,5 +1,6 @@
 //! The embedding API: the [`Handler`] a service implements, the [`Conn`] handle it
-//! writes through, and the [`CloseReason`] it is told at the end.
+//! writes through, the [`CloseReason`] it is told at the end, and the [`Worker`] its
+//! factory registers per-core resources with.
 //!
 //! One handler instance lives on each worker thread (made by the factory given to
 //! [`Server::run`](crate::Server::run)), so a handler needs no locks: per-worker state
@@ -51,10 +52,92 @@ pub trait Handler {
     /// leaves in one send.
     fn on_data(&mut self, state: &mut Self::State, conn: &mut Conn<'_>, data: &[u8]) -> usize;
 
+    /// The server started draining (SIGTERM, say) while this connection is open, or the
+    /// connection arrived from the listen backlog during the drain. The handler decides
+    /// how the connection ends: finish the current exchange and call [`Conn::close`]
+    /// (the default closes once the output written so far is flushed, which for an
+    /// idle connection is at once), or write a goodbye first. A connection the handler
+    /// keeps open is cut at the grace deadline.
+    fn on_drain(&mut self, state: &mut Self::State, conn: &mut Conn<'_>) {
+        let _ = state;
+        conn.close();
+    }
+
     /// The connection is closed (its descriptor is released). Called exactly once for
     /// every connection that [`on_open`](Handler::on_open) saw.
     fn on_close(&mut self, state: Self::State, reason: CloseReason) {
         let _ = (state, reason);
+    }
+}
+
+/// A boxed teardown action and its name.
+type Teardown = (String, Box<dyn FnOnce()>);
+
+/// What a handler factory gets: the worker's index, and where to register the per-worker
+/// resources (a database pool per core, say) that must be closed when the worker stops.
+///
+/// Teardowns run on the worker's thread once its last connection has closed during the
+/// drain, in reverse order of registration (like destructors), each logged as
+/// `worker N: teardown NAME`; only then does the engine release its own handles (the
+/// in-flight operations, the buffer ring, the listener, the ring).
+///
+/// ```
+/// use std::rc::Rc;
+/// use gracering::{Conn, Handler, Worker};
+///
+/// struct Pool; // a per-core database pool, say
+/// impl Pool {
+///     fn close(&self) {}
+/// }
+///
+/// struct Service {
+///     pool: Rc<Pool>,
+/// }
+/// # impl Handler for Service {
+/// #     type State = ();
+/// #     fn on_open(&mut self, _: &mut Conn<'_>) {}
+/// #     fn on_data(&mut self, _: &mut (), _: &mut Conn<'_>, d: &[u8]) -> usize { d.len() }
+/// # }
+///
+/// fn make(worker: &mut Worker) -> Service {
+///     let pool = Rc::new(Pool);
+///     let closing = pool.clone();
+///     worker.on_teardown("db-pool", move || closing.close());
+///     Service { pool }
+/// }
+/// ```
+pub struct Worker {
+    pub(crate) index: usize,
+    pub(crate) teardown: Vec<Teardown>,
+}
+
+impl Worker {
+    pub(crate) fn new(index: usize) -> Worker {
+        Worker {
+            index,
+            teardown: Vec::new(),
+        }
+    }
+
+    /// This worker's index (0 to workers - 1).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Registers a resource's teardown. Teardowns run in reverse order of registration,
+    /// after the worker's last connection closed.
+    pub fn on_teardown(&mut self, name: impl Into<String>, close: impl FnOnce() + 'static) {
+        self.teardown.push((name.into(), Box::new(close)));
+    }
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.teardown.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Worker")
+            .field("index", &self.index)
+            .field("teardown", &names)
+            .finish()
     }
 }
 
@@ -108,6 +191,7 @@ impl ConnId {
 pub struct Conn<'a> {
     pub(crate) id: ConnId,
     pub(crate) worker: usize,
+    pub(crate) draining: bool,
     pub(crate) out: &'a mut Vec<u8>,
     pub(crate) unsent: usize,
     pub(crate) pool: &'a mut BufPool,
@@ -123,6 +207,12 @@ impl Conn<'_> {
     /// The index of the worker thread that owns this connection.
     pub fn worker(&self) -> usize {
         self.worker
+    }
+
+    /// Whether the server is draining: from the instant the drain begins (including the
+    /// readiness delay), a health check should report not-ready.
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     /// Appends bytes to the connection's output. They are sent at the end of the loop

@@ -1,8 +1,10 @@
-//! [`Server`]: binds one listener per worker, starts and pins the worker threads, and
-//! collects their reports.
+//! [`Server`]: binds one listener per worker, starts and pins the worker threads, routes
+//! shutdown signals to them, and collects their reports into the drain report.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::thread;
 
 use socket2::Socket;
@@ -10,10 +12,12 @@ use socket2::Socket;
 use crate::config::{Builder, Config};
 use crate::cpu;
 use crate::engine::Engine;
-use crate::handler::Handler;
+use crate::handler::{Handler, Worker};
 use crate::listener;
 use crate::log;
-use crate::stats::{Report, WorkerStats};
+use crate::shared::{Shared, ShutdownHandle};
+use crate::signal;
+use crate::stats::{Report, WorkerReport};
 use crate::sys::uring::{UringWorker, build_ring};
 
 /// A bound server, ready to run: one listening socket per worker, all on one address.
@@ -33,8 +37,8 @@ use crate::sys::uring::{UringWorker, build_ring};
 ///
 /// # fn main() -> std::io::Result<()> {
 /// let server = Server::builder().addr("127.0.0.1:7000".parse().unwrap()).bind()?;
-/// let report = server.run(|_worker| Echo)?;
-/// eprintln!("{}", report.total());
+/// let report = server.run(|_worker| Echo)?; // returns after SIGTERM, drained
+/// eprintln!("{}", report.to_json());
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
@@ -43,6 +47,7 @@ pub struct Server {
     listeners: Vec<Socket>,
     local_addr: SocketAddr,
     cpus: Vec<usize>,
+    shared: Arc<Shared>,
 }
 
 impl Server {
@@ -56,11 +61,13 @@ impl Server {
         let workers = config.workers.unwrap_or(cpus.len());
         let listeners = listener::bind_all(config.addr, workers, config.backlog)?;
         let local_addr = listener::local_addr(&listeners[0])?;
+        let shared = Shared::new(workers)?;
         Ok(Server {
             config,
             listeners,
             local_addr,
             cpus,
+            shared,
         })
     }
 
@@ -79,14 +86,28 @@ impl Server {
         "io_uring"
     }
 
-    /// Runs the workers on the calling thread's behalf and blocks until they stop.
+    /// A handle that starts the drain from any thread, like SIGTERM.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Runs the workers and blocks until they have drained and stopped; returns the
+    /// drain report.
     ///
-    /// `factory` is called once on each worker thread with the worker's index and makes
-    /// that worker's handler, so a handler needs no locks and need not be `Send`.
+    /// `factory` is called once on each worker thread and makes that worker's handler;
+    /// through the [`Worker`] it gets the worker's index and registers the per-worker
+    /// resources to tear down at the end. A handler needs no locks and need not be `Send`.
+    ///
+    /// Unless [`Builder::handle_signals`] turned it off, SIGTERM and SIGINT are blocked
+    /// in the calling thread (and so in every worker) and read through a signalfd: the
+    /// first starts the drain, a second forces it. Threads the program started before
+    /// must block them too: see [`block_shutdown_signals`](crate::block_shutdown_signals).
     pub fn run<H, F>(self, factory: F) -> io::Result<Report>
     where
         H: Handler,
-        F: Fn(usize) -> H + Sync,
+        F: Fn(&mut Worker) -> H + Sync,
     {
         let (probe_ring, features) = build_ring(8)?;
         drop(probe_ring);
@@ -95,57 +116,93 @@ impl Server {
             self.listeners.len(),
             self.local_addr
         ));
+        let signalfd: Option<OwnedFd> = if self.config.handle_signals {
+            signal::block_shutdown_signals()?;
+            Some(signal::shutdown_signalfd()?)
+        } else {
+            None
+        };
         let Server {
             config,
             listeners,
             cpus,
+            shared,
             ..
         } = self;
-        let results: Vec<io::Result<WorkerStats>> = thread::scope(|scope| {
-            let handles: Vec<_> = listeners
+        let signal_raw = signalfd.as_ref().map(AsRawFd::as_raw_fd);
+        let results: Vec<io::Result<WorkerReport>> = thread::scope(|scope| {
+            let mut handles = Vec::with_capacity(listeners.len());
+            for (index, listener) in listeners.into_iter().enumerate() {
+                let cpu = config.pin_workers.then(|| cpus[index % cpus.len()]);
+                let (config, factory, mine) = (&config, &factory, shared.clone());
+                let spawned = thread::Builder::new()
+                    .name(format!("gracering-w{index}"))
+                    .spawn_scoped(scope, move || {
+                        run_worker(index, cpu, listener, signal_raw, mine, config, factory)
+                    });
+                match spawned {
+                    Ok(handle) => handles.push(handle),
+                    Err(e) => {
+                        // Workers already started must not run forever: stop them.
+                        shared.force(crate::shared::Trigger::Handle);
+                        shared.wake_all();
+                        return vec![Err(e)];
+                    }
+                }
+            }
+            handles
                 .into_iter()
-                .enumerate()
-                .map(|(index, listener)| {
-                    let cpu = config.pin_workers.then(|| cpus[index % cpus.len()]);
-                    let (config, factory) = (&config, &factory);
-                    thread::Builder::new()
-                        .name(format!("gracering-w{index}"))
-                        .spawn_scoped(scope, move || {
-                            run_worker(index, cpu, listener, config, factory)
-                        })
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("worker panicked")))
                 })
-                .collect::<io::Result<_>>()?;
-            Ok::<_, io::Error>(
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(io::Error::other("worker panicked")))
-                    })
-                    .collect(),
-            )
-        })?;
+                .collect()
+        });
+        let began = shared.began();
+        let drain_duration = began.map(|b| b.at.elapsed());
+        drop(signalfd);
         let workers = results.into_iter().collect::<io::Result<Vec<_>>>()?;
         Ok(Report {
             backend: "io_uring",
+            trigger: began.map(|b| b.trigger),
+            began_at: began.map(|b| b.wall),
+            drain_duration,
+            forced: shared.forced(),
             workers,
         })
     }
 }
 
+/// One worker thread: pin, build the ring, make the handler, run until drained.
 fn run_worker<H: Handler>(
     index: usize,
     cpu: Option<usize>,
     listener: Socket,
+    signalfd: Option<i32>,
+    shared: Arc<Shared>,
     config: &Config,
-    factory: &(impl Fn(usize) -> H + Sync),
-) -> io::Result<WorkerStats> {
+    factory: &(impl Fn(&mut Worker) -> H + Sync),
+) -> io::Result<WorkerReport> {
     if let Some(cpu) = cpu
         && let Err(e) = cpu::pin_current_thread(cpu)
     {
         log::warn(format_args!("worker {index}: cannot pin to CPU {cpu}: {e}"));
     }
-    let (backend, _) = UringWorker::new(listener, config)?;
-    let engine = Engine::new(factory(index), index, config);
+    let backend = match UringWorker::new(listener, signalfd, shared.clone(), index, config) {
+        Ok(backend) => backend,
+        Err(e) => {
+            // One worker cannot serve: stop the others rather than run degraded forever.
+            log::warn(format_args!(
+                "worker {index}: cannot start: {e}; stopping the server"
+            ));
+            if shared.force(crate::shared::Trigger::Handle) {
+                shared.wake_all();
+            }
+            return Err(e);
+        }
+    };
+    let mut worker = Worker::new(index);
+    let handler = factory(&mut worker);
+    let engine = Engine::new(handler, worker, config, shared);
     backend.run(engine)
 }

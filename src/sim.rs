@@ -1,10 +1,11 @@
 //! An in-memory backend: runs a worker's engine and a [`Handler`] without a kernel.
 //!
-//! [`Sim`] plays both the kernel and the peers. Operations the engine asks for complete
-//! at the next [`Sim::turn`]: a send delivers its bytes to the peer at once (in full),
-//! a receive delivers what the peer [`send`](Sim::send)s in chunks of the buffer size,
-//! a close completes. That makes it a fast, deterministic harness for a handler's logic
-//! and for the engine's own bookkeeping (benchmarks use it for the per-event cost).
+//! [`Sim`] plays both the kernel and the peers, on a virtual clock. Operations the engine
+//! asks for complete at the next [`Sim::turn`]: a send delivers its bytes to the peer at
+//! once (in full), a receive delivers what the peer [`send`](Sim::send)s in chunks of the
+//! buffer size, a shutdown shows the peer an EOF, a close completes. That makes it a
+//! fast, deterministic harness for a handler's logic, for the engine's bookkeeping, and
+//! for the drain (benchmarks use it for the per-event cost).
 //!
 //! ```
 //! use gracering::sim::Sim;
@@ -25,16 +26,21 @@
 //! sim.send(peer, b"hello");
 //! sim.run_until_idle();
 //! assert_eq!(sim.take_received(peer), b"HELLO");
+//!
+//! sim.signal(libc::SIGTERM); // the drain: the idle connection closes, the worker ends
+//! sim.run_until_idle();
+//! assert!(sim.saw_eof(peer) && sim.is_done());
 //! ```
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::{Builder, Config};
 use crate::engine::Engine;
-use crate::handler::Handler;
-use crate::stats::WorkerStats;
+use crate::handler::{Handler, Worker};
+use crate::shared::Shared;
+use crate::stats::{WorkerDrain, WorkerStats};
 use crate::sys::{ConnRef, Event, Ops, OutBuf, RecvEnd};
 
 /// A simulated peer: the client end of one connection.
@@ -54,6 +60,10 @@ struct PeerState {
     inbox: Vec<u8>,
     fin: bool,
     reset: bool,
+    /// The server shut down its write side or closed: the peer reads EOF.
+    eof: bool,
+    /// The peer ignores EOF instead of closing its own side in answer.
+    holds_open: bool,
     closed: bool,
 }
 
@@ -62,7 +72,10 @@ struct PeerState {
 enum Pending {
     Sent(ConnRef, usize, OutBuf),
     RecvEnded(ConnRef, RecvEnd),
+    ShutDown(ConnRef),
     Closed(ConnRef),
+    AcceptEnded(i32),
+    Signal(i32),
     Stale(ConnRef, Vec<u8>),
 }
 
@@ -70,8 +83,11 @@ enum Pending {
 #[derive(Debug, Default)]
 struct Kernel {
     accept_armed: bool,
+    listening: bool,
+    accept_queue: VecDeque<usize>,
     peers: Vec<PeerState>,
     completions: VecDeque<Pending>,
+    next_fd: RawFd,
     ops: u64,
 }
 
@@ -80,6 +96,11 @@ impl Kernel {
         self.peers
             .iter_mut()
             .find(|p| p.conn == Some(conn) && !p.closed)
+    }
+
+    fn new_fd(&mut self) -> RawFd {
+        self.next_fd += 1;
+        self.next_fd
     }
 }
 
@@ -120,12 +141,48 @@ impl Ops for Kernel {
         self.ops += 1; // sends complete in full at once; nothing to cancel
     }
 
+    fn shutdown_write(&mut self, conn: ConnRef, _fd: RawFd) {
+        self.ops += 1;
+        if let Some(p) = self.peer_of(conn) {
+            p.eof = true;
+        }
+        self.completions.push_back(Pending::ShutDown(conn));
+    }
+
     fn close(&mut self, conn: ConnRef, _fd: RawFd) {
         self.ops += 1;
         if let Some(p) = self.peer_of(conn) {
             p.closed = true;
+            p.eof = true;
         }
         self.completions.push_back(Pending::Closed(conn));
+    }
+
+    fn cancel_accept(&mut self) {
+        self.ops += 1;
+        if self.accept_armed {
+            self.accept_armed = false;
+            self.completions
+                .push_back(Pending::AcceptEnded(libc::ECANCELED));
+        }
+    }
+
+    fn close_listener(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32> {
+        self.ops += 1;
+        self.listening = false;
+        while let Some(index) = self.accept_queue.pop_front() {
+            let fd = self.new_fd();
+            self.peers[index].conn = Some(ConnRef {
+                key: u32::MAX,
+                generation: fd as u32,
+            });
+            backlog.push(fd);
+        }
+        None
+    }
+
+    fn wake_workers(&mut self) {
+        self.ops += 1; // one simulated worker: nobody else to wake
     }
 }
 
@@ -133,9 +190,8 @@ impl Ops for Kernel {
 pub struct Sim<H: Handler> {
     engine: Engine<H>,
     kernel: Kernel,
-    accept_queue: VecDeque<usize>,
     chunk: usize,
-    next_fd: RawFd,
+    now: Instant,
 }
 
 impl<H: Handler> Sim<H> {
@@ -144,25 +200,38 @@ impl<H: Handler> Sim<H> {
         Sim::with_config(handler, &Builder::new())
     }
 
-    /// A simulated worker 0 with the settings of `builder` (buffer size, limits).
+    /// A simulated worker 0 with the settings of `builder` (buffer size, limits, drain
+    /// settings). Signals are delivered with [`signal`](Sim::signal).
     pub fn with_config(handler: H, builder: &Builder) -> Sim<H> {
         let config: &Config = builder.config();
+        let shared = Shared::new(1).expect("eventfd for the simulated worker");
         let mut sim = Sim {
-            engine: Engine::new(handler, 0, config),
-            kernel: Kernel::default(),
-            accept_queue: VecDeque::new(),
+            engine: Engine::new(handler, Worker::new(0), config, shared),
+            kernel: Kernel {
+                listening: true,
+                next_fd: 1000,
+                ..Kernel::default()
+            },
             chunk: config.buffer_size as usize,
-            next_fd: 1000,
+            now: Instant::now(),
         };
         sim.engine.start(&mut sim.kernel);
         sim
     }
 
-    /// A new peer connects; it is accepted at the next turn.
+    /// A new peer connects; it is accepted at the next turn in which the accept is
+    /// armed, or from the backlog when the drain stops accepting. Once the listener is
+    /// closed, the connection is refused: the peer sees EOF at once.
     pub fn connect(&mut self) -> Peer {
         let index = self.kernel.peers.len();
-        self.kernel.peers.push(PeerState::default());
-        self.accept_queue.push_back(index);
+        let mut state = PeerState::default();
+        if self.kernel.listening {
+            self.kernel.accept_queue.push_back(index);
+        } else {
+            state.eof = true;
+            state.closed = true;
+        }
+        self.kernel.peers.push(state);
         Peer { index }
     }
 
@@ -177,9 +246,25 @@ impl<H: Handler> Sim<H> {
         self.kernel.peers[peer.index].fin = true;
     }
 
+    /// The peer keeps its side open after it reads EOF (most clients close in answer,
+    /// which ends the server's linger at once).
+    pub fn hold_open(&mut self, peer: Peer) {
+        self.kernel.peers[peer.index].holds_open = true;
+    }
+
     /// The peer resets the connection (the server's receive fails with ECONNRESET).
     pub fn reset(&mut self, peer: Peer) {
         self.kernel.peers[peer.index].reset = true;
+    }
+
+    /// A signal (SIGTERM or SIGINT) arrives through the worker's signalfd.
+    pub fn signal(&mut self, signo: i32) {
+        self.kernel.completions.push_back(Pending::Signal(signo));
+    }
+
+    /// Moves the virtual clock forward (for readiness delays, lingers, grace deadlines).
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
     }
 
     /// Delivers a receive completion for the peer's connection as it was when the peer
@@ -198,14 +283,29 @@ impl<H: Handler> Sim<H> {
         std::mem::take(&mut self.kernel.peers[peer.index].inbox)
     }
 
+    /// Whether the peer has read EOF (the server shut down its write side or closed).
+    pub fn saw_eof(&self, peer: Peer) -> bool {
+        self.kernel.peers[peer.index].eof
+    }
+
     /// Whether the server has closed the peer's connection.
     pub fn is_closed(&self, peer: Peer) -> bool {
         self.kernel.peers[peer.index].closed
     }
 
+    /// Whether the worker finished its drain.
+    pub fn is_done(&self) -> bool {
+        self.engine.is_done()
+    }
+
     /// The engine's counters.
     pub fn stats(&self) -> &WorkerStats {
         self.engine.stats()
+    }
+
+    /// The worker's drain figures so far.
+    pub fn drain_report(&self) -> WorkerDrain {
+        self.engine.drain_report()
     }
 
     /// Connections open (or closing) in the engine.
@@ -222,19 +322,21 @@ impl<H: Handler> Sim<H> {
     /// Returns how many events were delivered.
     pub fn turn(&mut self) -> usize {
         let Sim { engine, kernel, .. } = self;
-        engine.begin_turn(Instant::now(), kernel);
+        engine.begin_turn(self.now, kernel);
         let mut events = 0;
         while kernel.accept_armed
-            && let Some(index) = self.accept_queue.pop_front()
+            && let Some(index) = kernel.accept_queue.pop_front()
         {
-            let fd = self.next_fd;
-            self.next_fd += 1;
+            let fd = kernel.new_fd();
+            kernel.peers[index].conn = Some(ConnRef {
+                key: u32::MAX,
+                generation: fd as u32,
+            });
             engine.handle(Event::Accepted { fd }, kernel);
-            // The engine took the newest slot; find it through the recv it armed.
-            kernel.peers[index].conn = engine.conn_ref_of_fd(fd);
-            kernel.peers[index].recv_armed = true;
             events += 1;
         }
+        self.bind_accepted();
+        let Sim { engine, kernel, .. } = self;
         for _ in 0..kernel.completions.len() {
             let Some(done) = kernel.completions.pop_front() else {
                 break;
@@ -252,12 +354,16 @@ impl<H: Handler> Sim<H> {
                 Pending::RecvEnded(conn, why) => {
                     engine.handle(Event::RecvEnded { conn, why }, kernel)
                 }
+                Pending::ShutDown(conn) => engine.handle(Event::ShutDown { conn }, kernel),
                 Pending::Closed(conn) => engine.handle(Event::Closed { conn }, kernel),
+                Pending::AcceptEnded(errno) => engine.handle(Event::AcceptEnded { errno }, kernel),
+                Pending::Signal(signo) => engine.handle(Event::Signal { signo }, kernel),
                 Pending::Stale(conn, data) => {
                     engine.handle(Event::Received { conn, data: &data }, kernel)
                 }
             }
         }
+        self.bind_accepted();
         events += self.deliver_peer_input();
         let Sim { engine, kernel, .. } = self;
         engine.end_turn(kernel);
@@ -272,6 +378,21 @@ impl<H: Handler> Sim<H> {
             }
         }
         10_000
+    }
+
+    /// Peers accepted this turn carry their descriptor as a placeholder reference; swap
+    /// in the engine's slot reference, found through the descriptor.
+    fn bind_accepted(&mut self) {
+        for p in self.kernel.peers.iter_mut() {
+            if let Some(ConnRef {
+                key: u32::MAX,
+                generation: fd,
+            }) = p.conn
+            {
+                p.conn = self.engine.conn_ref_of_fd(fd as RawFd);
+                p.recv_armed = p.conn.is_some();
+            }
+        }
     }
 
     fn deliver_peer_input(&mut self) -> usize {
@@ -318,6 +439,9 @@ impl<H: Handler> Sim<H> {
                 );
             }
             let p = &mut kernel.peers[i];
+            if p.eof && !p.holds_open {
+                p.fin = true; // a well-behaved client closes when it reads EOF
+            }
             if p.fin && p.recv_armed && p.outbox.is_empty() {
                 p.recv_armed = false;
                 events += 1;

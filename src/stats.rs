@@ -1,9 +1,12 @@
 //! Counters each worker keeps, and the report [`Server::run`](crate::Server::run) returns.
 
 use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::shared::Trigger;
 
 /// What one worker counted while it ran. Plain integers owned by the worker thread; no
-/// atomics on the hot path.
+/// atomics on the hot path. Displays as one JSON object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerStats {
@@ -67,14 +70,51 @@ impl fmt::Display for WorkerStats {
     }
 }
 
-/// What [`Server::run`](crate::Server::run) returns once every worker has stopped.
+/// How one worker's drain went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerDrain {
+    /// From the drain's start until this worker's listener was closed (after the
+    /// readiness delay and the backlog).
+    pub accept_stopped_after: Option<Duration>,
+    /// From the drain's start until this worker's last connection closed and its
+    /// resources were torn down.
+    pub finished_after: Option<Duration>,
+    /// Connections that were busy when the drain reached them and finished cleanly.
+    pub drained: u64,
+    /// Connections that were idle when the drain reached them and were closed at once.
+    pub closed_idle: u64,
+    /// Connections cut at the grace deadline or by a second signal.
+    pub aborted: u64,
+}
+
+/// One worker's part of the [`Report`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct WorkerReport {
+    /// The worker's counters.
+    pub stats: WorkerStats,
+    /// The worker's drain.
+    pub drain: WorkerDrain,
+}
+
+/// What [`Server::run`](crate::Server::run) returns once every worker has stopped: the
+/// drain report.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct Report {
     /// The backend the workers ran on.
     pub backend: &'static str,
-    /// Each worker's counters, by worker index.
-    pub workers: Vec<WorkerStats>,
+    /// What started the drain.
+    pub trigger: Option<Trigger>,
+    /// When the drain began (wall clock).
+    pub began_at: Option<SystemTime>,
+    /// From the drain's start until every worker had released its ring.
+    pub drain_duration: Option<Duration>,
+    /// Whether the drain was forced (grace deadline or a second signal).
+    pub forced: bool,
+    /// Each worker's part, by worker index.
+    pub workers: Vec<WorkerReport>,
 }
 
 impl Report {
@@ -82,8 +122,63 @@ impl Report {
     pub fn total(&self) -> WorkerStats {
         let mut total = WorkerStats::default();
         for w in &self.workers {
-            total.add(w);
+            total.add(&w.stats);
         }
         total
+    }
+
+    /// Connections cut short, over all workers.
+    pub fn aborted(&self) -> u64 {
+        self.workers.iter().map(|w| w.drain.aborted).sum()
+    }
+
+    /// Whether every connection ended cleanly (none aborted).
+    pub fn is_clean(&self) -> bool {
+        self.aborted() == 0
+    }
+
+    /// The report as one line of JSON.
+    pub fn to_json(&self) -> String {
+        let ms = |d: Option<Duration>| {
+            d.map_or("null".to_string(), |d| {
+                format!("{:.3}", d.as_secs_f64() * 1e3)
+            })
+        };
+        let sum =
+            |f: fn(&WorkerDrain) -> u64| self.workers.iter().map(|w| f(&w.drain)).sum::<u64>();
+        let workers: Vec<String> = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                format!(
+                    "{{\"worker\":{i},\"accept_stopped_ms\":{},\"finished_ms\":{},\"drained\":{},\
+                     \"closed_idle\":{},\"aborted\":{},\"stats\":{}}}",
+                    ms(w.drain.accept_stopped_after),
+                    ms(w.drain.finished_after),
+                    w.drain.drained,
+                    w.drain.closed_idle,
+                    w.drain.aborted,
+                    w.stats
+                )
+            })
+            .collect();
+        let began = self
+            .began_at
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+        format!(
+            "{{\"drain\":{{\"backend\":\"{}\",\"trigger\":{},\"began_unix_ms\":{},\"duration_ms\":{},\
+             \"forced\":{},\"drained\":{},\"closed_idle\":{},\"aborted\":{},\"workers\":[{}]}}}}",
+            self.backend,
+            self.trigger
+                .map_or("null".to_string(), |t| format!("\"{}\"", t.as_str())),
+            began.map_or("null".to_string(), |d| d.as_millis().to_string()),
+            ms(self.drain_duration),
+            self.forced,
+            sum(|d| d.drained),
+            sum(|d| d.closed_idle),
+            sum(|d| d.aborted),
+            workers.join(",")
+        )
     }
 }

@@ -34,7 +34,9 @@ impl ServerProcess {
     /// Spawns `cmd` pinned to `cpu` and waits up to `timeout` for a line on its stdout
     /// holding its address (see [`parse_addr`]). The rest of its stdout is drained by a
     /// helper thread, so the server never blocks on a full pipe. The child is killed if
-    /// this process dies first (`PR_SET_PDEATHSIG`).
+    /// the spawning *thread* dies first (`PR_SET_PDEATHSIG`), so start servers from a
+    /// thread that outlives them (`main`). This adds pre-exec hooks to `cmd`: build a
+    /// fresh `Command` for every start.
     pub fn start(cmd: &mut Command, cpu: usize, timeout: Duration) -> io::Result<Self> {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped());
         // SAFETY: runs in the forked child before `exec`; `prctl` is a single system

@@ -14,7 +14,8 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     set_affinity(&cpu_set(cpu)?)
 }
 
-/// Spawns `cmd` with every thread of the new process pinned to `cpu`.
+/// Spawns `cmd` with every thread of the new process pinned to `cpu`. This adds a
+/// pre-exec hook to `cmd`, so use a fresh `Command` for each spawn.
 pub fn spawn_pinned(cmd: &mut Command, cpu: usize) -> io::Result<Child> {
     // Built here, in the parent: the child side must not allocate.
     let set = cpu_set(cpu)?;

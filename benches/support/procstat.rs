@@ -22,7 +22,9 @@ pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
 /// User + system CPU time of all live threads of `pid`, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> io::Result<u64> {
     let mut total = 0;
-    for entry in fs::read_dir(format!("/proc/{pid}/task"))? {
+    let tasks = format!("/proc/{pid}/task");
+    let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{tasks}: {e}"));
+    for entry in fs::read_dir(&tasks).map_err(with_path)? {
         let path = entry?.path().join("stat");
         match fs::read_to_string(&path) {
             Ok(stat) => total += stat_ticks(&stat).ok_or_else(|| bad_stat(&stat))?,

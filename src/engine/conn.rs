@@ -1,7 +1,24 @@
 //! One connection's state inside the engine: its buffers, which of its operations are in
 //! flight, and how far it is on the way to closing. No syscalls; the engine drives it.
+//!
+//! The close sequence, for a graceful close:
+//!
+//! ```text
+//! Open ─▶ AfterFlush ─▶ Lingering ─────────────▶ Now ─▶ Submitted ─▶ (slot freed on Closed)
+//!         output still   FIN sent (shutdown);     no op in flight:
+//!         being sent;    input read and dropped   close issued
+//!         input dropped  until EOF or the linger
+//!                        time, so unread bytes
+//!                        cannot turn the close
+//!                        into a reset
+//! ```
+//!
+//! A peer that already sent FIN skips the linger; an abort (reset, error, forced drain)
+//! goes straight to `Now`, cancelling what is in flight.
 
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
 use crate::handler::CloseReason;
 use crate::sys::{ConnRef, Ops};
@@ -24,10 +41,46 @@ pub(crate) enum Closing {
     Open,
     /// Close once every written byte is sent; further input is discarded.
     AfterFlush(CloseReason),
+    /// FIN sent; reading off what the peer still sends until EOF or the linger time.
+    Lingering(CloseReason),
     /// Close as soon as no operation is in flight; unsent output is dropped.
     Now(CloseReason),
     /// The close was issued; the slot is freed when it completes.
     Submitted(CloseReason),
+}
+
+/// The worker's lingering connections, in the order their linger ends (one fixed
+/// duration, so a queue keeps them sorted).
+#[derive(Debug)]
+pub(crate) struct Linger {
+    pub time: Duration,
+    pub now: Instant,
+    pub queue: VecDeque<(Instant, ConnRef)>,
+}
+
+impl Linger {
+    pub fn new(time: Duration) -> Linger {
+        Linger {
+            time,
+            now: Instant::now(),
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// The connection whose linger ended by `now`, if any.
+    pub fn expired(&mut self, now: Instant) -> Option<ConnRef> {
+        match self.queue.front() {
+            Some(&(at, conn)) if at <= now => {
+                self.queue.pop_front();
+                Some(conn)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.queue.front().map(|&(at, _)| at)
+    }
 }
 
 /// A connection slot in the worker's slab.
@@ -45,6 +98,7 @@ pub(crate) struct Connection<S> {
     /// Bytes of the send in flight still unacknowledged; meaningful while `sending`.
     pub inflight: usize,
     pub sending: bool,
+    pub shutdown_inflight: bool,
     pub recv: Recv,
     /// The peer sent FIN: nothing more to read.
     pub read_done: bool,
@@ -55,10 +109,16 @@ pub(crate) struct Connection<S> {
     /// Queued for the end-of-turn flush.
     pub flush_queued: bool,
     pub closing: Closing,
+    /// Set when the drain reached this connection: whether it was idle then.
+    pub idle_at_drain: Option<bool>,
+    /// Closed by force (grace deadline or second signal).
+    pub aborted: bool,
+    /// The loop turn in which the connection was accepted.
+    pub born_turn: u64,
 }
 
 impl<S> Connection<S> {
-    pub fn new(fd: RawFd, key: u32, generation: u32) -> Connection<S> {
+    pub fn new(fd: RawFd, key: u32, generation: u32, born_turn: u64) -> Connection<S> {
         Connection {
             fd,
             key,
@@ -68,12 +128,16 @@ impl<S> Connection<S> {
             pending: Vec::new(),
             inflight: 0,
             sending: false,
+            shutdown_inflight: false,
             recv: Recv::Off,
             read_done: false,
             paused: false,
             close_requested: false,
             flush_queued: false,
             closing: Closing::Open,
+            idle_at_drain: None,
+            aborted: false,
+            born_turn,
         }
     }
 
@@ -89,9 +153,18 @@ impl<S> Connection<S> {
         self.out.len() + if self.sending { self.inflight } else { 0 }
     }
 
+    /// Nothing to send and nothing half-received: the connection waits for its peer.
+    pub fn is_idle(&self) -> bool {
+        self.unsent() == 0 && self.pending.is_empty()
+    }
+
     /// Whether a receive should be in flight now.
     pub fn wants_read(&self) -> bool {
-        self.closing == Closing::Open && !self.read_done && !self.paused
+        match self.closing {
+            Closing::Open => !self.read_done && !self.paused,
+            Closing::AfterFlush(_) | Closing::Lingering(_) => !self.read_done,
+            Closing::Now(_) | Closing::Submitted(_) => false,
+        }
     }
 
     /// Arms the receive if the connection wants to read and none is in flight.
@@ -112,10 +185,16 @@ impl<S> Connection<S> {
 
     /// Starts closing: `graceful` flushes output first, otherwise in-flight work is
     /// cancelled. A later, harsher request overrides a graceful one.
-    pub fn begin_close(&mut self, reason: CloseReason, graceful: bool, ops: &mut impl Ops) {
+    pub fn begin_close(
+        &mut self,
+        reason: CloseReason,
+        graceful: bool,
+        ops: &mut impl Ops,
+        linger: &mut Linger,
+    ) {
         match (self.closing, graceful) {
             (Closing::Open, true) => self.closing = Closing::AfterFlush(reason),
-            (Closing::Open | Closing::AfterFlush(_), false) => {
+            (Closing::Open | Closing::AfterFlush(_) | Closing::Lingering(_), false) => {
                 self.closing = Closing::Now(reason);
                 self.out.clear();
                 if self.sending {
@@ -123,33 +202,58 @@ impl<S> Connection<S> {
                 }
                 self.cancel_recv(ops);
             }
-            (Closing::AfterFlush(_) | Closing::Now(_) | Closing::Submitted(_), _) => {}
+            (
+                Closing::AfterFlush(_)
+                | Closing::Lingering(_)
+                | Closing::Now(_)
+                | Closing::Submitted(_),
+                _,
+            ) => {}
         }
-        self.advance_close(ops);
+        self.advance_close(ops, linger);
+    }
+
+    /// The peer sent FIN (or the linger time is over): stop lingering.
+    pub fn end_linger(&mut self, ops: &mut impl Ops, linger: &mut Linger) {
+        if let Closing::Lingering(reason) = self.closing {
+            self.closing = Closing::Now(reason);
+            self.cancel_recv(ops);
+        }
+        self.advance_close(ops, linger);
     }
 
     /// Moves the close forward as far as the in-flight operations allow.
-    pub fn advance_close(&mut self, ops: &mut impl Ops) {
+    pub fn advance_close(&mut self, ops: &mut impl Ops, linger: &mut Linger) {
         if let Closing::AfterFlush(reason) = self.closing
             && !self.sending
             && self.out.is_empty()
         {
-            self.closing = Closing::Now(reason);
-            self.cancel_recv(ops);
+            if self.read_done {
+                self.closing = Closing::Now(reason);
+            } else {
+                self.closing = Closing::Lingering(reason);
+                ops.shutdown_write(self.conn_ref(), self.fd);
+                self.shutdown_inflight = true;
+                linger
+                    .queue
+                    .push_back((linger.now + linger.time, self.conn_ref()));
+                self.arm_recv(ops);
+            }
         }
-        if let Closing::Now(reason) = self.closing
-            && !self.sending
-            && self.recv == Recv::Off
-        {
-            ops.close(self.conn_ref(), self.fd);
-            self.closing = Closing::Submitted(reason);
+        if let Closing::Now(reason) = self.closing {
+            self.cancel_recv(ops);
+            if !self.sending && !self.shutdown_inflight && self.recv == Recv::Off {
+                ops.close(self.conn_ref(), self.fd);
+                self.closing = Closing::Submitted(reason);
+            }
         }
     }
 
     /// Applies back-pressure: pauses reading above `max` unsent bytes, resumes at half.
+    /// Returns true when it paused.
     pub fn check_pressure(&mut self, max: usize, ops: &mut impl Ops) -> bool {
         let unsent = self.unsent();
-        if !self.paused && unsent > max {
+        if !self.paused && unsent > max && self.closing == Closing::Open {
             self.paused = true;
             self.cancel_recv(ops);
             return true;

@@ -5,27 +5,34 @@
 //! One loop turn, as a backend drives it:
 //!
 //! ```text
-//!   begin_turn(now)            the turn's clock, read once by the backend
+//!   begin_turn(now)            the turn's clock, read once by the backend; timers fire
 //!   handle(event) ...          one call per decoded completion; handler callbacks run here
 //!   end_turn()                 coalesced sends go out, back-pressure and closes advance
 //!   next_deadline()            how long the backend may wait for the next completion
 //! ```
+//!
+//! The drain (see [`crate::drain`]) is driven from `shutdown.rs`; this file is the data
+//! path: accept, receive, send, close.
 
 mod conn;
+mod shutdown;
 
 use std::mem;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
 use crate::buf::BufPool;
 use crate::config::Config;
-use crate::handler::{CloseReason, Conn, ConnId, Handler};
+use crate::drain::Drain;
+use crate::handler::{CloseReason, Conn, ConnId, Handler, Worker};
 use crate::log;
-use crate::stats::WorkerStats;
+use crate::shared::Shared;
+use crate::stats::{WorkerDrain, WorkerStats};
 use crate::sys::{ConnRef, Event, GEN_MASK, Ops, OutBuf, RecvEnd};
 
-use conn::{Closing, Connection, Recv};
+use conn::{Closing, Connection, Linger, Recv};
 
 /// The accept side of a worker: whether an accept is in the kernel, and the back-off
 /// that keeps a worker out of descriptors from spinning.
@@ -34,27 +41,43 @@ struct Acceptor {
     armed: bool,
     backoff: Option<Duration>,
     retry_at: Option<Instant>,
+    listener_closed: bool,
+}
+
+/// Settings the engine reads on its paths.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_unsent: usize,
+    max_pending_input: usize,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    drain_delay: Duration,
+    grace_period: Duration,
 }
 
 /// One worker's engine.
 pub(crate) struct Engine<H: Handler> {
     handler: H,
-    worker: usize,
+    worker: Worker,
     conns: Slab<Connection<H::State>>,
     pool: BufPool,
     flush: Vec<u32>,
     next_generation: u32,
     acceptor: Acceptor,
-    now: Instant,
-    max_unsent: usize,
-    max_pending_input: usize,
-    backoff_min: Duration,
-    backoff_max: Duration,
+    linger: Linger,
+    limits: Limits,
+    shared: Arc<Shared>,
+    drain: Drain,
+    drain_counts: WorkerDrain,
+    /// Connections accepted in the turn the drain reached them: told one turn later,
+    /// once their first receive has run, so bytes already in their socket are served.
+    drain_later: Vec<ConnRef>,
+    turn: u64,
     stats: WorkerStats,
 }
 
 impl<H: Handler> Engine<H> {
-    pub fn new(handler: H, worker: usize, config: &Config) -> Engine<H> {
+    pub fn new(handler: H, worker: Worker, config: &Config, shared: Arc<Shared>) -> Engine<H> {
         Engine {
             handler,
             worker,
@@ -63,18 +86,29 @@ impl<H: Handler> Engine<H> {
             flush: Vec::with_capacity(1024),
             next_generation: 0,
             acceptor: Acceptor::default(),
-            now: Instant::now(),
-            max_unsent: config.max_unsent,
-            max_pending_input: config.max_pending_input,
-            backoff_min: config.accept_backoff_min,
-            backoff_max: config.accept_backoff_max,
+            linger: Linger::new(config.linger),
+            limits: Limits {
+                max_unsent: config.max_unsent,
+                max_pending_input: config.max_pending_input,
+                backoff_min: config.accept_backoff_min,
+                backoff_max: config.accept_backoff_max,
+                drain_delay: config.drain_delay,
+                grace_period: config.grace_period,
+            },
+            shared,
+            drain: Drain::new(),
+            drain_counts: WorkerDrain::default(),
+            drain_later: Vec::new(),
+            turn: 0,
             stats: WorkerStats::default(),
         }
     }
 
-    /// Arms accepting. Called once, before the first turn.
+    /// Arms accepting (unless the server is already draining). Called once, before the
+    /// first turn.
     pub fn start(&mut self, ops: &mut impl Ops) {
         self.arm_accept(ops);
+        self.sync_drain(ops);
     }
 
     /// The counters so far.
@@ -95,20 +129,38 @@ impl<H: Handler> Engine<H> {
             .map(|(_, c)| c.conn_ref())
     }
 
-    /// Sets the turn's clock and fires timers that are due.
+    /// Sets the turn's clock and fires the timers that are due.
     pub fn begin_turn(&mut self, now: Instant, ops: &mut impl Ops) {
-        self.now = now;
+        self.linger.now = now;
+        self.turn += 1;
         if let Some(at) = self.acceptor.retry_at
             && at <= now
         {
             self.acceptor.retry_at = None;
-            self.arm_accept(ops);
+            if !self.drain.accept_closed() {
+                self.arm_accept(ops);
+            }
+        }
+        while let Some(conn) = self.linger.expired(now) {
+            if let Some(c) = lookup(&mut self.conns, &mut self.stats, conn) {
+                c.end_linger(ops, &mut self.linger);
+            }
+        }
+        if self.drain.next_deadline().is_some_and(|at| at <= now) {
+            self.tick(now, ops);
         }
     }
 
     /// The earliest instant at which the engine has something to do without an event.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.acceptor.retry_at
+        [
+            self.acceptor.retry_at,
+            self.linger.next_deadline(),
+            self.drain.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Handles one event.
@@ -119,35 +171,39 @@ impl<H: Handler> Engine<H> {
             Event::Received { conn, data } => self.on_received(conn, data, ops),
             Event::RecvEnded { conn, why } => self.on_recv_ended(conn, why, ops),
             Event::Sent { conn, result, buf } => self.on_sent(conn, result, buf, ops),
-            Event::Closed { conn } => self.on_closed(conn),
+            Event::ShutDown { conn } => self.on_shut_down(conn, ops),
+            Event::Closed { conn } => self.on_closed(conn, ops),
+            Event::Signal { signo } => self.on_signal(signo, ops),
+            Event::Wake => self.sync_drain(ops),
         }
     }
 
     /// Ends the turn: everything written during it leaves in one send per connection.
     pub fn end_turn(&mut self, ops: &mut impl Ops) {
+        if !self.drain_later.is_empty() {
+            self.notify_later(ops);
+        }
         for key in mem::take(&mut self.flush).drain(..) {
             let Some(c) = self.conns.get_mut(key as usize) else {
                 continue;
             };
             c.flush_queued = false;
-            if !c.sending
-                && !c.out.is_empty()
-                && matches!(c.closing, Closing::Open | Closing::AfterFlush(_))
-            {
+            let flushing = matches!(c.closing, Closing::Open | Closing::AfterFlush(_));
+            if !c.sending && !c.out.is_empty() && flushing {
                 let buf = mem::take(&mut c.out);
                 c.inflight = buf.len();
                 c.sending = true;
                 ops.send(c.conn_ref(), c.fd, OutBuf { buf, pos: 0 });
             }
-            if c.check_pressure(self.max_unsent, ops) {
+            if c.check_pressure(self.limits.max_unsent, ops) {
                 self.stats.reads_paused += 1;
             }
-            c.advance_close(ops);
+            c.advance_close(ops, &mut self.linger);
         }
     }
 
     fn arm_accept(&mut self, ops: &mut impl Ops) {
-        if !self.acceptor.armed {
+        if !self.acceptor.armed && !self.acceptor.listener_closed {
             ops.accept();
             self.acceptor.armed = true;
         }
@@ -155,19 +211,22 @@ impl<H: Handler> Engine<H> {
 
     fn on_accepted(&mut self, fd: i32, ops: &mut impl Ops) {
         self.stats.accepted += 1;
+        self.shared.opened();
         if self.acceptor.backoff.take().is_some() {
             log::info(format_args!(
                 "worker {}: accepting again after {} back-offs",
-                self.worker, self.stats.accept_backoffs
+                self.worker.index, self.stats.accept_backoffs
             ));
         }
+        let reason = self.close_reason();
         self.next_generation = (self.next_generation + 1) & GEN_MASK;
         let entry = self.conns.vacant_entry();
         let key = entry.key() as u32;
-        let c = entry.insert(Connection::new(fd, key, self.next_generation));
+        let c = entry.insert(Connection::new(fd, key, self.next_generation, self.turn));
         let mut conn = Conn {
             id: ConnId(key),
-            worker: self.worker,
+            worker: self.worker.index,
+            draining: self.drain.draining(),
             out: &mut c.out,
             unsent: 0,
             pool: &mut self.pool,
@@ -175,11 +234,15 @@ impl<H: Handler> Engine<H> {
         };
         c.state = Some(self.handler.on_open(&mut conn));
         c.arm_recv(ops);
-        Self::after_handler(c, &mut self.flush, ops);
+        after_handler(c, reason, &mut self.flush, ops, &mut self.linger);
     }
 
     fn on_accept_ended(&mut self, errno: i32, ops: &mut impl Ops) {
         self.acceptor.armed = false;
+        if self.drain.accept_closed() {
+            self.finish_stop_accepting(ops);
+            return;
+        }
         match errno {
             0
             | libc::ECANCELED
@@ -200,13 +263,13 @@ impl<H: Handler> Engine<H> {
     /// failed, so re-arming at once would spin.
     fn back_off(&mut self, errno: i32) {
         let delay = match self.acceptor.backoff {
-            None => self.backoff_min,
-            Some(d) => (d * 2).min(self.backoff_max),
+            None => self.limits.backoff_min,
+            Some(d) => (d * 2).min(self.limits.backoff_max),
         };
         if self.acceptor.backoff.is_none() {
             log::warn(format_args!(
                 "worker {}: accept failed ({}), backing off",
-                self.worker,
+                self.worker.index,
                 std::io::Error::from_raw_os_error(errno)
             ));
         }
@@ -218,13 +281,15 @@ impl<H: Handler> Engine<H> {
         }
         self.stats.accept_backoffs += 1;
         self.acceptor.backoff = Some(delay);
-        self.acceptor.retry_at = Some(self.now + delay);
+        self.acceptor.retry_at = Some(self.linger.now + delay);
     }
 
     fn on_received(&mut self, conn: ConnRef, data: &[u8], ops: &mut impl Ops) {
         self.stats.bytes_in += data.len() as u64;
-        let worker = self.worker;
-        let max_pending = self.max_pending_input;
+        let worker = self.worker.index;
+        let draining = self.drain.draining();
+        let max_pending = self.limits.max_pending_input;
+        let reason = self.close_reason();
         let Some(c) = lookup(&mut self.conns, &mut self.stats, conn) else {
             return;
         };
@@ -234,7 +299,7 @@ impl<H: Handler> Engine<H> {
         let handler = &mut self.handler;
         let pool = &mut self.pool;
         if c.pending.is_empty() {
-            let used = deliver(handler, c, pool, worker, data);
+            let used = deliver(handler, c, pool, worker, draining, data);
             if used < data.len() && !c.close_requested {
                 c.pending = pool.take();
                 c.pending.extend_from_slice(&data[used..]);
@@ -242,7 +307,7 @@ impl<H: Handler> Engine<H> {
         } else {
             let mut pending = mem::take(&mut c.pending);
             pending.extend_from_slice(data);
-            let used = deliver(handler, c, pool, worker, &pending);
+            let used = deliver(handler, c, pool, worker, draining, &pending);
             pending.drain(..used);
             if pending.is_empty() || c.close_requested {
                 pool.put(pending);
@@ -252,9 +317,9 @@ impl<H: Handler> Engine<H> {
         }
         if c.pending.len() > max_pending {
             self.stats.input_limit_closes += 1;
-            c.begin_close(CloseReason::InputLimit, false, ops);
+            c.begin_close(CloseReason::InputLimit, false, ops, &mut self.linger);
         }
-        Self::after_handler(c, &mut self.flush, ops);
+        after_handler(c, reason, &mut self.flush, ops, &mut self.linger);
     }
 
     fn on_recv_ended(&mut self, conn: ConnRef, why: RecvEnd, ops: &mut impl Ops) {
@@ -268,12 +333,15 @@ impl<H: Handler> Engine<H> {
         match why {
             RecvEnd::Eof => {
                 c.read_done = true;
-                c.begin_close(CloseReason::PeerClosed, true, ops);
+                c.begin_close(CloseReason::PeerClosed, true, ops, &mut self.linger);
+                c.end_linger(ops, &mut self.linger);
             }
             RecvEnd::Rearm | RecvEnd::NoBuffers | RecvEnd::Cancelled => c.arm_recv(ops),
-            RecvEnd::Error(errno) => c.begin_close(error_reason(errno), false, ops),
+            RecvEnd::Error(errno) => {
+                c.begin_close(error_reason(errno), false, ops, &mut self.linger)
+            }
         }
-        c.advance_close(ops);
+        c.advance_close(ops, &mut self.linger);
     }
 
     fn on_sent(
@@ -303,49 +371,75 @@ impl<H: Handler> Engine<H> {
             }
             Ok(_) => {
                 self.pool.put(buf.buf);
-                c.begin_close(CloseReason::Error(libc::EIO), false, ops);
+                c.begin_close(CloseReason::Error(libc::EIO), false, ops, &mut self.linger);
             }
             Err(errno) => {
                 self.pool.put(buf.buf);
                 if errno != libc::ECANCELED {
-                    c.begin_close(error_reason(errno), false, ops);
+                    c.begin_close(error_reason(errno), false, ops, &mut self.linger);
                 }
             }
         }
-        if c.check_pressure(self.max_unsent, ops) {
+        if c.check_pressure(self.limits.max_unsent, ops) {
             self.stats.reads_paused += 1;
         }
-        c.advance_close(ops);
+        c.advance_close(ops, &mut self.linger);
     }
 
-    fn on_closed(&mut self, conn: ConnRef) {
+    fn on_shut_down(&mut self, conn: ConnRef, ops: &mut impl Ops) {
+        let Some(c) = lookup(&mut self.conns, &mut self.stats, conn) else {
+            return;
+        };
+        c.shutdown_inflight = false;
+        c.advance_close(ops, &mut self.linger);
+    }
+
+    fn on_closed(&mut self, conn: ConnRef, ops: &mut impl Ops) {
         if lookup(&mut self.conns, &mut self.stats, conn).is_none() {
             return;
         }
         let c = self.conns.remove(conn.key as usize);
         let reason = match c.closing {
             Closing::Submitted(reason) => reason,
-            Closing::Open | Closing::AfterFlush(_) | Closing::Now(_) => {
+            Closing::Open | Closing::AfterFlush(_) | Closing::Lingering(_) | Closing::Now(_) => {
                 CloseReason::Error(libc::EBADF)
             }
         };
         self.stats.closed += 1;
+        self.shared.closed();
+        self.count_drained(&c);
         self.pool.put(c.out);
         self.pool.put(c.pending);
         if let Some(state) = c.state {
             self.handler.on_close(state, reason);
         }
+        self.check_drained(ops);
     }
 
-    /// After a handler call: queue the output and honour a close request.
-    fn after_handler(c: &mut Connection<H::State>, flush: &mut Vec<u32>, ops: &mut impl Ops) {
-        if !c.out.is_empty() {
-            queue_flush(c, flush);
+    /// The reason a handler-requested close gets: `Shutdown` once the drain began.
+    fn close_reason(&self) -> CloseReason {
+        if self.drain.draining() {
+            CloseReason::Shutdown
+        } else {
+            CloseReason::Handler
         }
-        if c.close_requested && c.closing == Closing::Open {
-            c.begin_close(CloseReason::Handler, true, ops);
-            queue_flush(c, flush);
-        }
+    }
+}
+
+/// After a handler call: queue the output and honour a close request.
+fn after_handler<S>(
+    c: &mut Connection<S>,
+    reason: CloseReason,
+    flush: &mut Vec<u32>,
+    ops: &mut impl Ops,
+    linger: &mut Linger,
+) {
+    if !c.out.is_empty() {
+        queue_flush(c, flush);
+    }
+    if c.close_requested && c.closing == Closing::Open {
+        c.begin_close(reason, true, ops, linger);
+        queue_flush(c, flush);
     }
 }
 
@@ -379,6 +473,7 @@ fn deliver<H: Handler>(
     c: &mut Connection<H::State>,
     pool: &mut BufPool,
     worker: usize,
+    draining: bool,
     data: &[u8],
 ) -> usize {
     let mut used = 0;
@@ -389,6 +484,7 @@ fn deliver<H: Handler>(
         let mut conn = Conn {
             id: ConnId(c.key),
             worker,
+            draining,
             out: &mut c.out,
             unsent: if c.sending { c.inflight } else { 0 },
             pool,

@@ -15,13 +15,19 @@ enum Op {
     Send(ConnRef, Vec<u8>),
     CancelRecv(ConnRef),
     CancelSend(ConnRef),
+    Shutdown(ConnRef),
     Close(ConnRef),
+    CancelAccept,
+    CloseListener,
+    WakeWorkers,
 }
 
 #[derive(Default)]
 struct Rec {
     ops: Vec<Op>,
     bufs: Vec<OutBuf>,
+    /// Descriptors waiting in the simulated listen backlog.
+    backlog: Vec<i32>,
 }
 
 impl Ops for Rec {
@@ -41,8 +47,22 @@ impl Ops for Rec {
     fn cancel_send(&mut self, conn: ConnRef) {
         self.ops.push(Op::CancelSend(conn));
     }
+    fn shutdown_write(&mut self, conn: ConnRef, _fd: i32) {
+        self.ops.push(Op::Shutdown(conn));
+    }
     fn close(&mut self, conn: ConnRef, _fd: i32) {
         self.ops.push(Op::Close(conn));
+    }
+    fn cancel_accept(&mut self) {
+        self.ops.push(Op::CancelAccept);
+    }
+    fn close_listener(&mut self, backlog: &mut Vec<i32>) -> Option<i32> {
+        self.ops.push(Op::CloseListener);
+        backlog.append(&mut self.backlog);
+        None
+    }
+    fn wake_workers(&mut self) {
+        self.ops.push(Op::WakeWorkers);
     }
 }
 
@@ -100,8 +120,9 @@ fn setup(lines: bool, amplify: usize, config: Config) -> T {
         amplify,
         calls: calls.clone(),
     };
+    let shared = crate::shared::Shared::new(1).unwrap();
     let mut t = T {
-        engine: Engine::new(handler, 0, &config),
+        engine: Engine::new(handler, crate::handler::Worker::new(0), &config, shared),
         rec: Rec::default(),
         calls,
     };
@@ -345,14 +366,60 @@ fn peer_half_close_flushes_output_then_closes() {
 }
 
 #[test]
-fn handler_close_flushes_then_stops_reading_then_closes() {
+fn handler_close_flushes_then_sends_fin_then_lingers_until_eof() {
     let mut t = setup(true, 1, Config::default());
     let c = t.accept(10);
     t.recv(c, b"bye\nquit\n");
     assert_eq!(t.turn(), vec![Op::Send(c, b"bye\nquit\n".to_vec())]);
     t.recv(c, b"more input is discarded\n");
     t.sent(c, None);
-    assert_eq!(t.turn(), vec![Op::CancelRecv(c)]);
+    assert_eq!(
+        t.turn(),
+        vec![Op::Shutdown(c)],
+        "FIN once flushed; the receive stays armed"
+    );
+    t.engine.handle(Event::ShutDown { conn: c }, &mut t.rec);
+    t.recv(c, b"still discarded while lingering\n");
+    assert_eq!(t.rec.take(), vec![]);
+    t.engine.handle(
+        Event::RecvEnded {
+            conn: c,
+            why: RecvEnd::Eof,
+        },
+        &mut t.rec,
+    );
+    assert_eq!(
+        t.rec.take(),
+        vec![Op::Close(c)],
+        "the peer's FIN ends the linger"
+    );
+    t.engine.handle(Event::Closed { conn: c }, &mut t.rec);
+    assert_eq!(t.calls().last().unwrap(), "close Handler");
+    assert!(!t.calls().iter().any(|c| c.contains("discarded")));
+}
+
+#[test]
+fn linger_ends_at_its_deadline_when_the_peer_stays_silent() {
+    let config = Config {
+        linger: Duration::from_millis(50),
+        ..Config::default()
+    };
+    let mut t = setup(true, 1, config);
+    let start = Instant::now();
+    t.engine.begin_turn(start, &mut t.rec);
+    let c = t.accept(10);
+    t.recv(c, b"quit\n");
+    t.turn();
+    t.sent(c, None);
+    assert_eq!(t.turn(), vec![Op::Shutdown(c)]);
+    t.engine.handle(Event::ShutDown { conn: c }, &mut t.rec);
+    assert_eq!(
+        t.engine.next_deadline(),
+        Some(start + Duration::from_millis(50))
+    );
+    t.engine
+        .begin_turn(start + Duration::from_millis(50), &mut t.rec);
+    assert_eq!(t.rec.take(), vec![Op::CancelRecv(c)]);
     t.engine.handle(
         Event::RecvEnded {
             conn: c,
@@ -361,9 +428,6 @@ fn handler_close_flushes_then_stops_reading_then_closes() {
         &mut t.rec,
     );
     assert_eq!(t.rec.take(), vec![Op::Close(c)]);
-    t.engine.handle(Event::Closed { conn: c }, &mut t.rec);
-    assert_eq!(t.calls().last().unwrap(), "close Handler");
-    assert!(!t.calls().iter().any(|c| c.contains("discarded")));
 }
 
 #[test]
@@ -436,4 +500,150 @@ fn transient_accept_errors_rearm_at_once() {
     );
     assert_eq!(t.rec.take(), vec![Op::Accept]);
     assert_eq!(t.engine.stats().accept_errors, 1);
+}
+
+#[test]
+fn sigterm_drains_in_order_and_serves_the_backlog() {
+    let mut t = setup(false, 1, Config::default());
+    let order = Rc::new(RefCell::new(Vec::new()));
+    for name in ["first", "second"] {
+        let order = order.clone();
+        t.engine
+            .worker
+            .on_teardown(name, move || order.borrow_mut().push(name));
+    }
+    let busy = t.accept(10);
+    let idle = t.accept(11);
+    t.recv(busy, b"in flight");
+    assert_eq!(t.turn(), vec![Op::Send(busy, b"in flight".to_vec())]);
+    t.engine.begin_turn(Instant::now(), &mut t.rec); // a later turn
+
+    t.engine.handle(
+        Event::Signal {
+            signo: libc::SIGTERM,
+        },
+        &mut t.rec,
+    );
+    assert_eq!(t.rec.take(), vec![Op::WakeWorkers, Op::CancelAccept]);
+    assert!(t.engine.shared.draining());
+
+    t.rec.backlog.push(12); // a client whose handshake completed before the signal
+    t.engine.handle(
+        Event::AcceptEnded {
+            errno: libc::ECANCELED,
+        },
+        &mut t.rec,
+    );
+    let ops = t.rec.take();
+    let backlog = match ops.as_slice() {
+        [Op::CloseListener, Op::Recv(b), rest @ ..] => {
+            assert!(
+                rest.contains(&Op::Shutdown(idle)),
+                "idle connections get FIN at once: {rest:?}"
+            );
+            assert!(
+                !rest.contains(&Op::Shutdown(busy)),
+                "a busy one finishes first: {rest:?}"
+            );
+            assert!(
+                !rest.contains(&Op::Shutdown(*b)),
+                "the backlog's first receive runs first: {rest:?}"
+            );
+            *b
+        }
+        other => panic!("{other:?}"),
+    };
+    t.engine.end_turn(&mut t.rec); // the turn the backlog arrived in ends
+    t.engine.begin_turn(Instant::now(), &mut t.rec);
+    t.recv(backlog, b"request from the backlog");
+    t.sent(busy, None);
+    let ops = t.turn();
+    assert!(ops.contains(&Op::Shutdown(busy)), "{ops:?}");
+    assert!(
+        ops.contains(&Op::Send(backlog, b"request from the backlog".to_vec())),
+        "{ops:?}"
+    );
+    t.sent(backlog, None);
+    assert_eq!(t.turn(), vec![Op::Shutdown(backlog)], "served, then FIN");
+    for c in [busy, idle, backlog] {
+        t.engine.handle(Event::ShutDown { conn: c }, &mut t.rec);
+        t.engine.handle(
+            Event::RecvEnded {
+                conn: c,
+                why: RecvEnd::Eof,
+            },
+            &mut t.rec,
+        );
+    }
+    assert!(
+        order.borrow().is_empty(),
+        "no teardown before the last close"
+    );
+    for c in [busy, idle, backlog] {
+        t.engine.handle(Event::Closed { conn: c }, &mut t.rec);
+    }
+    assert_eq!(
+        *order.borrow(),
+        ["second", "first"],
+        "reverse order of registration"
+    );
+    assert!(t.engine.is_done());
+    let report = t.engine.drain_report();
+    assert_eq!(
+        (report.drained, report.closed_idle, report.aborted),
+        (2, 1, 0)
+    );
+}
+
+#[test]
+fn a_second_signal_aborts_what_is_left() {
+    let mut t = setup(false, 1, Config::default());
+    let c = t.accept(10);
+    t.recv(c, b"x");
+    t.turn();
+    t.engine.handle(
+        Event::Signal {
+            signo: libc::SIGTERM,
+        },
+        &mut t.rec,
+    );
+    t.engine.handle(
+        Event::AcceptEnded {
+            errno: libc::ECANCELED,
+        },
+        &mut t.rec,
+    );
+    t.rec.take();
+    t.engine.handle(
+        Event::Signal {
+            signo: libc::SIGINT,
+        },
+        &mut t.rec,
+    );
+    let ops = t.rec.take();
+    assert!(
+        ops.contains(&Op::CancelSend(c)) && ops.contains(&Op::CancelRecv(c)),
+        "{ops:?}"
+    );
+    assert!(t.engine.shared.forced());
+    let buf = t.rec.bufs.remove(0);
+    t.engine.handle(
+        Event::Sent {
+            conn: c,
+            result: Err(libc::ECANCELED),
+            buf,
+        },
+        &mut t.rec,
+    );
+    t.engine.handle(
+        Event::RecvEnded {
+            conn: c,
+            why: RecvEnd::Cancelled,
+        },
+        &mut t.rec,
+    );
+    assert_eq!(t.rec.take(), vec![Op::Close(c)]);
+    t.engine.handle(Event::Closed { conn: c }, &mut t.rec);
+    assert!(t.engine.is_done());
+    assert_eq!(t.engine.drain_report().aborted, 1);
 }

@@ -76,8 +76,14 @@ pub(crate) enum Event<'a> {
         result: Result<usize, i32>,
         buf: OutBuf,
     },
+    /// The write side of the connection is shut down (FIN sent, or the attempt failed).
+    ShutDown { conn: ConnRef },
     /// The connection's descriptor is closed; no operation of it is in flight any more.
     Closed { conn: ConnRef },
+    /// A shutdown signal (SIGTERM or SIGINT) was read from the signalfd.
+    Signal { signo: i32 },
+    /// Another worker, or the shutdown handle, woke this worker: look at the shared state.
+    Wake,
 }
 
 /// What the engine asks a backend to do. Calls are batched by the backend and reach the
@@ -93,6 +99,16 @@ pub(crate) trait Ops {
     fn cancel_recv(&mut self, conn: ConnRef);
     /// Cancel the connection's send; its [`Event::Sent`] follows.
     fn cancel_send(&mut self, conn: ConnRef);
+    /// Shut down the write side (send FIN); [`Event::ShutDown`] follows.
+    fn shutdown_write(&mut self, conn: ConnRef, fd: RawFd);
     /// Close the descriptor; [`Event::Closed`] follows. Only issued with no op in flight.
     fn close(&mut self, conn: ConnRef, fd: RawFd);
+    /// Cancel the accept; its [`Event::AcceptEnded`] follows (if it was armed).
+    fn cancel_accept(&mut self);
+    /// Accept what waits in the listen backlog (non-blocking, until EAGAIN) into
+    /// `backlog`, then close the listening socket. Returns the errno that stopped the
+    /// backlog early (EMFILE, say), if one did.
+    fn close_listener(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32>;
+    /// Wake every other worker of the server (they read the shared state).
+    fn wake_workers(&mut self);
 }

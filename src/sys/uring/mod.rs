@@ -4,6 +4,12 @@
 //! and each receive buffer straight back to the buffer ring), let the engine flush its
 //! coalesced output, publish the recycled buffers, then one `io_uring_enter` that submits
 //! the whole batch and waits for the next completion (or the engine's next deadline).
+//!
+//! Besides the engine's operations, the backend keeps two reads of its own in flight: on
+//! the shutdown signalfd (so SIGTERM arrives as a completion) and on the worker's eventfd
+//! (so the shutdown handle can wake it). Other workers wake it with IORING_OP_MSG_RING.
+//! When the engine is done, the backend cancels those reads, reaps every completion
+//! still owed, unregisters the buffer ring, and only then drops the ring.
 
 mod bufring;
 mod ops;
@@ -12,23 +18,27 @@ mod token;
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use io_uring::cqueue;
-use io_uring::types::{SubmitArgs, Timespec};
-use io_uring::{CompletionQueue, IoUring};
+use io_uring::types::{Fd, SubmitArgs, Timespec};
+use io_uring::{CompletionQueue, IoUring, Submitter, cqueue, opcode, squeue::SubmissionQueue};
 use socket2::Socket;
 
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::handler::Handler;
 use crate::log;
-use crate::stats::WorkerStats;
-use crate::sys::{Event, OutBuf, RecvEnd};
+use crate::shared::Shared;
+use crate::signal::{SIGINFO_SIZE, signo};
+use crate::stats::WorkerReport;
+use crate::sys::{ConnRef, Event, OutBuf, RecvEnd};
 
 pub(crate) use bufring::BufRing;
 pub(crate) use setup::{Features, build_ring};
-pub(crate) use token::{Kind, decode, encode};
+pub(crate) use token::{Kind, NO_CONN, decode, encode};
+
+use ops::SqOps;
 
 /// The buffer group id of every worker's receive buffer ring (one ring per io_uring).
 const BGID: u16 = 0;
@@ -36,11 +46,18 @@ const BGID: u16 = 0;
 /// One worker's io_uring backend: its ring, its receive buffers, its listener.
 pub(crate) struct UringWorker {
     // Field order matters on drop: the ring goes first, so the kernel is done with the
-    // buffer ring and the send buffers before their memory is freed.
+    // buffer ring, the read buffers and the send buffers before their memory is freed.
     ring: IoUring,
     bufring: BufRing,
     sends: Vec<Option<(u32, OutBuf)>>,
-    listener: Socket,
+    signal_buf: Box<[u8; SIGINFO_SIZE]>,
+    wake_buf: Box<u64>,
+    listener: Option<Socket>,
+    signalfd: Option<RawFd>,
+    shared: Arc<Shared>,
+    index: usize,
+    features: Features,
+    inflight: usize,
     multishot_accept: bool,
     multishot_recv: bool,
     buf_size: u32,
@@ -49,7 +66,13 @@ pub(crate) struct UringWorker {
 impl UringWorker {
     /// Sets up the ring and registers the buffer ring. Call on the worker's own thread:
     /// a SINGLE_ISSUER ring belongs to the thread that made it.
-    pub fn new(listener: Socket, config: &Config) -> io::Result<(UringWorker, Features)> {
+    pub fn new(
+        listener: Socket,
+        signalfd: Option<RawFd>,
+        shared: Arc<Shared>,
+        index: usize,
+        config: &Config,
+    ) -> io::Result<UringWorker> {
         let (ring, features) = build_ring(config.ring_entries)?;
         let bufring = BufRing::new(config.buffer_count, config.buffer_size, BGID)?;
         // SAFETY: the entry array lives in `bufring`, which the worker owns and drops only
@@ -62,71 +85,201 @@ impl UringWorker {
                 0,
             )?;
         }
-        let worker = UringWorker {
+        shared.wakers[index].set_ring_fd(ring.as_raw_fd());
+        Ok(UringWorker {
             ring,
             bufring,
             sends: Vec::new(),
-            listener,
+            signal_buf: Box::new([0; SIGINFO_SIZE]),
+            wake_buf: Box::new(0),
+            listener: Some(listener),
+            signalfd,
+            shared,
+            index,
+            features,
+            inflight: 0,
             multishot_accept: true,
             multishot_recv: true,
             buf_size: config.buffer_size,
-        };
-        Ok((worker, features))
+        })
     }
 
-    /// Runs the engine until it has nothing left to do, and returns its counters.
-    pub fn run<H: Handler>(mut self, mut engine: Engine<H>) -> io::Result<WorkerStats> {
-        let listener = self.listener.as_raw_fd();
+    /// Runs the engine until it is done, releases everything, and returns the worker's
+    /// report.
+    pub fn run<H: Handler>(mut self, mut engine: Engine<H>) -> io::Result<WorkerReport> {
+        let result = self.turns(&mut engine);
+        self.shared.wakers[self.index].set_ring_fd(-1);
+        let released = self.release(&mut engine);
+        result.and(released)?;
+        log::info(format_args!("worker {}: ring released", self.index));
+        Ok(WorkerReport {
+            stats: engine.stats().clone(),
+            drain: engine.drain_report(),
+        })
+    }
+
+    fn turns<H: Handler>(&mut self, engine: &mut Engine<H>) -> io::Result<()> {
         let (submitter, mut sq, mut cq) = self.ring.split();
-        let mut state = Decoder {
+        let mut own = OwnReads {
+            signal_fd: self.signalfd,
+            signal_buf: &mut self.signal_buf,
+            wake_fd: self.shared.wakers[self.index].eventfd(),
+            wake_buf: &mut self.wake_buf,
+            releasing: false,
+        };
+        let mut io = Io {
             bufring: &mut self.bufring,
-            multishot_accept: &mut self.multishot_accept,
-            multishot_recv: &mut self.multishot_recv,
+            multishot_accept: self.multishot_accept,
+            multishot_recv: self.multishot_recv,
         };
         {
-            let mut ops = ops::SqOps {
-                submitter: &submitter,
-                sq: &mut sq,
-                sends: &mut self.sends,
-                listener,
-                bgid: BGID,
-                buf_size: self.buf_size,
-                multishot_accept: *state.multishot_accept,
-                multishot_recv: *state.multishot_recv,
-            };
+            let mut ops = sq_ops(
+                &submitter,
+                &mut sq,
+                &mut self.sends,
+                &mut self.listener,
+                &mut self.inflight,
+                &self.shared,
+                self.index,
+                self.buf_size,
+                &self.features,
+                &io,
+            );
+            own.arm_signal(&mut ops);
+            own.arm_wake(&mut ops);
             engine.start(&mut ops);
         }
-        loop {
+        while !engine.is_done() {
             let now = Instant::now();
-            let mut ops = ops::SqOps {
-                submitter: &submitter,
-                sq: &mut sq,
-                sends: &mut self.sends,
-                listener,
-                bgid: BGID,
-                buf_size: self.buf_size,
-                multishot_accept: *state.multishot_accept,
-                multishot_recv: *state.multishot_recv,
-            };
+            let mut ops = sq_ops(
+                &submitter,
+                &mut sq,
+                &mut self.sends,
+                &mut self.listener,
+                &mut self.inflight,
+                &self.shared,
+                self.index,
+                self.buf_size,
+                &self.features,
+                &io,
+            );
             engine.begin_turn(now, &mut ops);
-            state.reap(&mut cq, &mut engine, &mut ops);
+            io.reap(&mut cq, engine, &mut own, &mut ops);
             engine.end_turn(&mut ops);
-            state.bufring.publish();
+            io.bufring.publish();
+            if engine.is_done() {
+                break;
+            }
             sq.sync();
-            let deadline = engine.next_deadline();
-            wait(&submitter, deadline, now)?;
+            wait(&submitter, engine.next_deadline(), now)?;
             cq.sync();
         }
+        self.multishot_accept = io.multishot_accept;
+        self.multishot_recv = io.multishot_recv;
+        Ok(())
+    }
+
+    /// Cancels the backend's own reads and reaps every completion still owed, so the
+    /// ring is never dropped with an operation in flight; then unregisters the buffers.
+    fn release<H: Handler>(&mut self, engine: &mut Engine<H>) -> io::Result<()> {
+        let (submitter, mut sq, mut cq) = self.ring.split();
+        let mut own = OwnReads {
+            signal_fd: self.signalfd,
+            signal_buf: &mut self.signal_buf,
+            wake_fd: self.shared.wakers[self.index].eventfd(),
+            wake_buf: &mut self.wake_buf,
+            releasing: true,
+        };
+        let mut io = Io {
+            bufring: &mut self.bufring,
+            multishot_accept: self.multishot_accept,
+            multishot_recv: self.multishot_recv,
+        };
+        {
+            let mut ops = sq_ops(
+                &submitter,
+                &mut sq,
+                &mut self.sends,
+                &mut self.listener,
+                &mut self.inflight,
+                &self.shared,
+                self.index,
+                self.buf_size,
+                &self.features,
+                &io,
+            );
+            for kind in [Kind::Signal, Kind::WakeRead] {
+                let entry = opcode::AsyncCancel::new(encode(kind, NO_CONN)).build();
+                ops.push(entry.user_data(encode(Kind::Cancel, NO_CONN)));
+            }
+        }
+        let started = Instant::now();
+        let mut warned = false;
+        while self.inflight > 0 {
+            sq.sync();
+            let now = Instant::now();
+            wait(&submitter, Some(now + Duration::from_millis(100)), now)?;
+            cq.sync();
+            let mut ops = sq_ops(
+                &submitter,
+                &mut sq,
+                &mut self.sends,
+                &mut self.listener,
+                &mut self.inflight,
+                &self.shared,
+                self.index,
+                self.buf_size,
+                &self.features,
+                &io,
+            );
+            io.reap(&mut cq, engine, &mut own, &mut ops);
+            if !warned && started.elapsed() > Duration::from_secs(1) {
+                warned = true;
+                log::warn(format_args!(
+                    "worker {}: {} operations still in flight at release",
+                    self.index, self.inflight
+                ));
+            }
+        }
+        submitter.unregister_buf_ring(BGID)?;
+        drop(self.listener.take());
+        Ok(())
+    }
+}
+
+/// Builds the turn's operation sink from the worker's parts.
+#[allow(clippy::too_many_arguments)]
+fn sq_ops<'a, 'r>(
+    submitter: &'a Submitter<'r>,
+    sq: &'a mut SubmissionQueue<'r>,
+    sends: &'a mut Vec<Option<(u32, OutBuf)>>,
+    listener: &'a mut Option<Socket>,
+    inflight: &'a mut usize,
+    shared: &'a Arc<Shared>,
+    index: usize,
+    buf_size: u32,
+    features: &Features,
+    io: &Io<'_>,
+) -> SqOps<'a, 'r> {
+    SqOps {
+        submitter,
+        sq,
+        sends,
+        listener,
+        inflight,
+        shared,
+        index,
+        bgid: BGID,
+        buf_size,
+        msg_ring: features.msg_ring,
+        multishot_accept: io.multishot_accept,
+        multishot_recv: io.multishot_recv,
     }
 }
 
 /// Blocks in the kernel until a completion arrives or `deadline` passes, submitting the
 /// turn's batch on the way in.
-fn wait(
-    submitter: &io_uring::Submitter<'_>,
-    deadline: Option<Instant>,
-    now: Instant,
-) -> io::Result<()> {
+fn wait(submitter: &Submitter<'_>, deadline: Option<Instant>, now: Instant) -> io::Result<()> {
     let result = match deadline {
         None => submitter.submit_and_wait(1),
         Some(at) => {
@@ -144,47 +297,81 @@ fn wait(
     }
 }
 
-/// Turns completions into engine events.
-struct Decoder<'a> {
-    bufring: &'a mut BufRing,
-    multishot_accept: &'a mut bool,
-    multishot_recv: &'a mut bool,
+/// The backend's own reads: the shutdown signalfd and the worker's eventfd.
+struct OwnReads<'a> {
+    signal_fd: Option<RawFd>,
+    signal_buf: &'a mut [u8; SIGINFO_SIZE],
+    wake_fd: RawFd,
+    wake_buf: &'a mut u64,
+    releasing: bool,
 }
 
-impl Decoder<'_> {
+impl OwnReads<'_> {
+    fn arm_signal(&mut self, ops: &mut SqOps<'_, '_>) {
+        if let (Some(fd), false) = (self.signal_fd, self.releasing) {
+            let entry =
+                opcode::Read::new(Fd(fd), self.signal_buf.as_mut_ptr(), SIGINFO_SIZE as u32)
+                    .build();
+            ops.push(entry.user_data(encode(Kind::Signal, NO_CONN)));
+        }
+    }
+
+    fn arm_wake(&mut self, ops: &mut SqOps<'_, '_>) {
+        if !self.releasing {
+            let ptr = (self.wake_buf as *mut u64).cast::<u8>();
+            let entry = opcode::Read::new(Fd(self.wake_fd), ptr, 8).build();
+            ops.push(entry.user_data(encode(Kind::WakeRead, NO_CONN)));
+        }
+    }
+}
+
+/// Turns completions into engine events.
+struct Io<'a> {
+    bufring: &'a mut BufRing,
+    multishot_accept: bool,
+    multishot_recv: bool,
+}
+
+impl Io<'_> {
     fn reap<H: Handler>(
         &mut self,
         cq: &mut CompletionQueue<'_>,
         engine: &mut Engine<H>,
-        ops: &mut ops::SqOps<'_, '_>,
+        own: &mut OwnReads<'_>,
+        ops: &mut SqOps<'_, '_>,
     ) {
         for cqe in cq {
-            self.dispatch(cqe.user_data(), cqe.result(), cqe.flags(), engine, ops);
+            let (user_data, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
+            let Some((kind, conn)) = decode(user_data) else {
+                log::warn(format_args!(
+                    "completion with unknown user_data {user_data:#x}"
+                ));
+                continue;
+            };
+            if !cqueue::more(flags) && !matches!(kind, Kind::Wake | Kind::MsgRing) {
+                *ops.inflight -= 1;
+            }
+            self.dispatch(kind, conn, res, flags, engine, own, ops);
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn dispatch<H: Handler>(
         &mut self,
-        user_data: u64,
+        kind: Kind,
+        conn: ConnRef,
         res: i32,
         flags: u32,
         engine: &mut Engine<H>,
-        ops: &mut ops::SqOps<'_, '_>,
+        own: &mut OwnReads<'_>,
+        ops: &mut SqOps<'_, '_>,
     ) {
-        let Some((kind, conn)) = decode(user_data) else {
-            log::warn(format_args!(
-                "completion with unknown user_data {user_data:#x}"
-            ));
-            return;
-        };
-        let more = cqueue::more(flags);
         match kind {
-            Kind::Accept => self.on_accept(res, more, engine, ops),
+            Kind::Accept => self.on_accept(res, cqueue::more(flags), engine, ops),
             Kind::Recv => self.on_recv(conn, res, flags, engine, ops),
             Kind::Send => {
-                let Some((generation, buf)) =
-                    ops.sends.get_mut(conn.key as usize).and_then(Option::take)
-                else {
+                let parked = ops.sends.get_mut(conn.key as usize).and_then(Option::take);
+                let Some((generation, buf)) = parked else {
                     log::warn(format_args!(
                         "send completion without a parked buffer (key {})",
                         conn.key
@@ -199,8 +386,42 @@ impl Decoder<'_> {
                 };
                 engine.handle(Event::Sent { conn, result, buf }, ops);
             }
+            Kind::Shutdown => engine.handle(Event::ShutDown { conn }, ops),
             Kind::Close => engine.handle(Event::Closed { conn }, ops),
             Kind::Cancel => {}
+            Kind::Signal => {
+                if res == SIGINFO_SIZE as i32 {
+                    engine.handle(
+                        Event::Signal {
+                            signo: signo(own.signal_buf),
+                        },
+                        ops,
+                    );
+                } else if res < 0 && !matches!(-res, libc::EAGAIN | libc::EINTR | libc::ECANCELED) {
+                    log::warn(format_args!(
+                        "signalfd read failed: {}",
+                        io::Error::from_raw_os_error(-res)
+                    ));
+                    return;
+                }
+                own.arm_signal(ops);
+            }
+            Kind::WakeRead => {
+                if res >= 0 {
+                    engine.handle(Event::Wake, ops);
+                }
+                if res >= 0 || matches!(-res, libc::EAGAIN | libc::EINTR) {
+                    own.arm_wake(ops);
+                }
+            }
+            Kind::Wake => engine.handle(Event::Wake, ops),
+            Kind::MsgRing => {
+                // A wake-up to another ring failed (that ring is gone, or busy): use its
+                // eventfd instead.
+                if let Some(waker) = ops.shared.wakers.get(conn.key as usize) {
+                    waker.wake();
+                }
+            }
         }
     }
 
@@ -209,7 +430,7 @@ impl Decoder<'_> {
         res: i32,
         more: bool,
         engine: &mut Engine<H>,
-        ops: &mut ops::SqOps<'_, '_>,
+        ops: &mut SqOps<'_, '_>,
     ) {
         if res >= 0 {
             engine.handle(Event::Accepted { fd: res as RawFd }, ops);
@@ -219,11 +440,11 @@ impl Decoder<'_> {
             return;
         }
         let errno = -res;
-        if errno == libc::EINVAL && *self.multishot_accept {
+        if errno == libc::EINVAL && self.multishot_accept {
             log::info(format_args!(
                 "multishot accept unsupported (Linux < 5.19): re-arming single accepts"
             ));
-            *self.multishot_accept = false;
+            self.multishot_accept = false;
             ops.multishot_accept = false;
             engine.handle(Event::AcceptEnded { errno: 0 }, ops);
             return;
@@ -233,11 +454,11 @@ impl Decoder<'_> {
 
     fn on_recv<H: Handler>(
         &mut self,
-        conn: crate::sys::ConnRef,
+        conn: ConnRef,
         res: i32,
         flags: u32,
         engine: &mut Engine<H>,
-        ops: &mut ops::SqOps<'_, '_>,
+        ops: &mut SqOps<'_, '_>,
     ) {
         let bid = cqueue::buffer_select(flags);
         if res > 0 {
@@ -264,11 +485,11 @@ impl Decoder<'_> {
             0 => RecvEnd::Eof,
             libc::ENOBUFS => RecvEnd::NoBuffers,
             libc::ECANCELED => RecvEnd::Cancelled,
-            libc::EINVAL if *self.multishot_recv => {
+            libc::EINVAL if self.multishot_recv => {
                 log::info(format_args!(
                     "multishot recv unsupported (Linux < 6.0): re-arming single receives"
                 ));
-                *self.multishot_recv = false;
+                self.multishot_recv = false;
                 ops.multishot_recv = false;
                 RecvEnd::Rearm
             }

@@ -1,65 +1,79 @@
 //! The engine's requests turned into SQEs, pushed into the submission queue of the turn.
 //!
-//! Nothing here enters the kernel except when the queue is full: then the queued entries
-//! are submitted (without waiting) to make room, and pushing goes on. The turn's single
-//! submit-and-wait sends whatever is left.
+//! Nothing here enters the kernel except when the queue is full (then the queued entries
+//! are submitted, without waiting, to make room) and for the two listener steps of the
+//! drain, which are plain syscalls by design: accepting the backlog until EAGAIN, and
+//! closing the listener. The turn's single submit-and-wait sends whatever is queued.
 
-use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
-use io_uring::squeue::Entry;
+use io_uring::squeue::{Entry, Flags};
 use io_uring::{Submitter, opcode, squeue::SubmissionQueue, types::Fd};
+use socket2::Socket;
 
 use super::token::{Kind, NO_CONN, encode};
+use crate::log;
+use crate::shared::Shared;
 use crate::sys::{ConnRef, Ops, OutBuf};
 
-/// The state the SQE builders need, borrowed from the backend for one turn.
+/// What the SQE builders need, borrowed from the worker for one turn.
 pub(crate) struct SqOps<'a, 'r> {
     pub submitter: &'a Submitter<'r>,
     pub sq: &'a mut SubmissionQueue<'r>,
     /// Send buffers the kernel is reading, by connection key: at most one per connection.
     pub sends: &'a mut Vec<Option<(u32, OutBuf)>>,
-    pub listener: RawFd,
+    pub listener: &'a mut Option<Socket>,
+    /// Operations submitted whose last completion has not been reaped yet.
+    pub inflight: &'a mut usize,
+    pub shared: &'a Arc<Shared>,
+    pub index: usize,
     pub bgid: u16,
     pub buf_size: u32,
+    pub msg_ring: bool,
     pub multishot_accept: bool,
     pub multishot_recv: bool,
 }
 
 impl SqOps<'_, '_> {
-    fn push(&mut self, entry: Entry) {
+    /// Queues an entry whose completion will be reaped (counted as in flight).
+    pub fn push(&mut self, entry: Entry) {
+        *self.inflight += 1;
+        self.push_uncounted(entry);
+    }
+
+    /// Queues an entry that posts no completion on success (SKIP_SUCCESS).
+    fn push_uncounted(&mut self, entry: Entry) {
         loop {
             // SAFETY: every entry pushed here points only at memory that outlives its
             // operation: a send points into the heap buffer of a Vec parked in
             // `self.sends` until its completion is reaped (growing `sends` moves the Vec
-            // header, never its heap buffer); receives pick buffers from the registered
-            // buffer ring, which outlives the ring's operations; the other opcodes carry
-            // no pointers.
+            // header, never its heap buffer); the signalfd and eventfd reads point into
+            // boxes the worker owns until its ring is gone; receives pick buffers from
+            // the registered buffer ring, which outlives the ring's operations; the other
+            // opcodes carry no pointers.
             if unsafe { self.sq.push(&entry) }.is_ok() {
                 return;
             }
             self.sq.sync();
             if let Err(e) = self.submitter.submit() {
-                // EBUSY: the completion queue is full; the next wait reaps it. Anything
-                // else cannot be fixed by retrying the push, so let the wait report it.
+                // EBUSY: the completion queue is full; wait for the kernel to make room.
                 if e.raw_os_error() != Some(libc::EBUSY) {
-                    crate::log::warn(format_args!("io_uring submit while queue full: {e}"));
+                    log::warn(format_args!("io_uring submit while queue full: {e}"));
                 }
-                submit_blocked(self.submitter);
+                let _ = self.submitter.squeue_wait();
             }
             self.sq.sync();
         }
     }
 }
 
-/// The queue stayed full: wait for the kernel to free a slot rather than spin.
-fn submit_blocked(submitter: &Submitter<'_>) {
-    let _: io::Result<usize> = submitter.squeue_wait();
-}
-
 impl Ops for SqOps<'_, '_> {
     fn accept(&mut self) {
-        let fd = Fd(self.listener);
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
+        let fd = Fd(listener.as_raw_fd());
         let entry = if self.multishot_accept {
             opcode::AcceptMulti::new(fd)
                 .flags(libc::SOCK_CLOEXEC)
@@ -79,7 +93,7 @@ impl Ops for SqOps<'_, '_> {
             opcode::Recv::new(Fd(fd), std::ptr::null_mut(), self.buf_size)
                 .buf_group(self.bgid)
                 .build()
-                .flags(io_uring::squeue::Flags::BUFFER_SELECT)
+                .flags(Flags::BUFFER_SELECT)
         };
         self.push(entry.user_data(encode(Kind::Recv, conn)));
     }
@@ -110,8 +124,69 @@ impl Ops for SqOps<'_, '_> {
         self.push(entry.user_data(encode(Kind::Cancel, conn)));
     }
 
+    fn shutdown_write(&mut self, conn: ConnRef, fd: RawFd) {
+        let entry = opcode::Shutdown::new(Fd(fd), libc::SHUT_WR).build();
+        self.push(entry.user_data(encode(Kind::Shutdown, conn)));
+    }
+
     fn close(&mut self, conn: ConnRef, fd: RawFd) {
         let entry = opcode::Close::new(Fd(fd)).build();
         self.push(entry.user_data(encode(Kind::Close, conn)));
+    }
+
+    fn cancel_accept(&mut self) {
+        let entry = opcode::AsyncCancel::new(encode(Kind::Accept, NO_CONN)).build();
+        self.push(entry.user_data(encode(Kind::Cancel, NO_CONN)));
+    }
+
+    fn close_listener(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32> {
+        let listener = self.listener.take()?;
+        let fd = listener.as_raw_fd();
+        let stopped = loop {
+            // SAFETY: accept4 on a listening socket this worker owns; null address
+            // pointers are allowed. The listener is non-blocking, so this ends at EAGAIN.
+            let conn = unsafe {
+                libc::accept4(
+                    fd,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            if conn >= 0 {
+                backlog.push(conn);
+                continue;
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) => break None,
+                Some(libc::EINTR | libc::ECONNABORTED) => continue,
+                errno => break errno,
+            }
+        };
+        drop(listener);
+        stopped
+    }
+
+    fn wake_workers(&mut self) {
+        for (j, waker) in self.shared.wakers.iter().enumerate() {
+            if j == self.index {
+                continue;
+            }
+            let ring_fd = waker.ring_fd();
+            if self.msg_ring && ring_fd >= 0 {
+                let target = ConnRef {
+                    key: j as u32,
+                    generation: 0,
+                };
+                let entry =
+                    opcode::MsgRingData::new(Fd(ring_fd), 0, encode(Kind::Wake, NO_CONN), None)
+                        .build()
+                        .flags(Flags::SKIP_SUCCESS)
+                        .user_data(encode(Kind::MsgRing, target));
+                self.push_uncounted(entry);
+            } else {
+                waker.wake();
+            }
+        }
     }
 }

@@ -20,6 +20,15 @@ pub(crate) enum Kind {
     Send = 3,
     Close = 4,
     Cancel = 5,
+    /// The read on the shutdown signalfd.
+    Signal = 6,
+    /// The read on this worker's eventfd.
+    WakeRead = 7,
+    /// A wake-up posted into this ring by another ring (IORING_OP_MSG_RING).
+    Wake = 8,
+    /// A MSG_RING this ring sent that failed (successes post nothing here).
+    MsgRing = 9,
+    Shutdown = 10,
 }
 
 impl Kind {
@@ -30,6 +39,11 @@ impl Kind {
             3 => Kind::Send,
             4 => Kind::Close,
             5 => Kind::Cancel,
+            6 => Kind::Signal,
+            7 => Kind::WakeRead,
+            8 => Kind::Wake,
+            9 => Kind::MsgRing,
+            10 => Kind::Shutdown,
             _ => return None,
         })
     }

@@ -1,0 +1,101 @@
+//! Command-line helpers shared by the examples: flags, durations, the exit protocol.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use gracering::{Builder, Report};
+
+/// Exit code when the drain had to cut connections (grace deadline or second signal).
+pub const EXIT_ABORTED: u8 = 3;
+
+/// The flags every example server takes.
+#[derive(Debug, Default)]
+pub struct ServerArgs {
+    pub addr: Option<SocketAddr>,
+    pub workers: Option<usize>,
+    pub backlog: Option<u32>,
+    pub drain_delay: Option<Duration>,
+    pub grace_period: Option<Duration>,
+    pub linger: Option<Duration>,
+}
+
+pub const SERVER_USAGE: &str = "[--addr IP:PORT] [--workers N] [--backlog N] \
+[--drain-delay DUR] [--grace-period DUR] [--linger DUR]   (DUR: 500ms, 25s, 1m)";
+
+impl ServerArgs {
+    /// Takes the flag (and its value) if it is one of the server flags.
+    pub fn take(
+        &mut self,
+        flag: &str,
+        value: &mut dyn FnMut() -> Result<String, String>,
+    ) -> Result<bool, String> {
+        let bad = |e: String| format!("{flag}: {e}");
+        match flag {
+            "--addr" => self.addr = Some(value()?.parse().map_err(|e| bad(format!("{e}")))?),
+            "--workers" => self.workers = Some(value()?.parse().map_err(|e| bad(format!("{e}")))?),
+            "--backlog" => self.backlog = Some(value()?.parse().map_err(|e| bad(format!("{e}")))?),
+            "--drain-delay" => self.drain_delay = Some(parse_duration(&value()?).map_err(bad)?),
+            "--grace-period" => self.grace_period = Some(parse_duration(&value()?).map_err(bad)?),
+            "--linger" => self.linger = Some(parse_duration(&value()?).map_err(bad)?),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// A builder with these settings over the defaults, listening on `default_addr`
+    /// unless `--addr` was given.
+    pub fn builder(&self, default_addr: SocketAddr) -> Builder {
+        let mut b = gracering::Server::builder().addr(self.addr.unwrap_or(default_addr));
+        if let Some(n) = self.workers {
+            b = b.workers(n);
+        }
+        if let Some(n) = self.backlog {
+            b = b.backlog(n);
+        }
+        if let Some(d) = self.drain_delay {
+            b = b.drain_delay(d);
+        }
+        if let Some(d) = self.grace_period {
+            b = b.grace_period(d);
+        }
+        if let Some(d) = self.linger {
+            b = b.linger(d);
+        }
+        b
+    }
+}
+
+/// Parses `500ms`, `25s`, `1.5s`, `2m` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => value / 1e3,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        "us" => value / 1e6,
+        _ => return Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Prints the drain report as one JSON line on stderr and maps it to the exit code:
+/// 0 after a clean drain, [`EXIT_ABORTED`] when connections had to be cut.
+pub fn finish(report: &Report) -> ExitCode {
+    eprintln!("{}", report.to_json());
+    if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_ABORTED)
+    }
+}

@@ -1,0 +1,228 @@
+//! What the workers of one server share: the shutdown state, the live-connection count,
+//! and the way to wake each worker. Touched only when a connection opens or closes (one
+//! relaxed atomic add) and when the drain starts; never per byte or per request.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const FORCED: u8 = 2;
+
+/// What started the drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Trigger {
+    /// SIGTERM arrived.
+    Sigterm,
+    /// SIGINT arrived.
+    Sigint,
+    /// [`ShutdownHandle::shutdown`] (or `force`) was called.
+    Handle,
+}
+
+impl Trigger {
+    pub(crate) fn from_signal(signo: i32) -> Trigger {
+        if signo == libc::SIGINT {
+            Trigger::Sigint
+        } else {
+            Trigger::Sigterm
+        }
+    }
+
+    /// The trigger's name, as the drain report prints it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Trigger::Sigterm => "SIGTERM",
+            Trigger::Sigint => "SIGINT",
+            Trigger::Handle => "handle",
+        }
+    }
+}
+
+/// The moment the drain began, on both clocks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Began {
+    pub trigger: Trigger,
+    pub at: Instant,
+    pub wall: SystemTime,
+}
+
+/// One worker's wake-up channels: an eventfd (any thread can write it) and, once the
+/// worker's ring exists, the ring's fd (other rings reach it with IORING_OP_MSG_RING).
+#[derive(Debug)]
+pub(crate) struct Waker {
+    eventfd: OwnedFd,
+    ring_fd: AtomicI32,
+}
+
+impl Waker {
+    fn new() -> io::Result<Waker> {
+        // SAFETY: eventfd with valid flags; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Waker {
+            // SAFETY: eventfd returned a new descriptor that nothing else owns.
+            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            ring_fd: AtomicI32::new(-1),
+        })
+    }
+
+    /// The eventfd the worker keeps a read in flight on.
+    pub fn eventfd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    /// The worker's ring fd, or -1 when it has none (yet, or any more).
+    pub fn ring_fd(&self) -> RawFd {
+        self.ring_fd.load(Ordering::Acquire)
+    }
+
+    /// Publishes (or, with -1, withdraws) the worker's ring fd.
+    pub fn set_ring_fd(&self, fd: RawFd) {
+        self.ring_fd.store(fd, Ordering::Release);
+    }
+
+    /// Wakes the worker through its eventfd.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd this struct owns. EAGAIN
+        // (counter saturated) still leaves the worker woken, so the result is ignored.
+        unsafe {
+            libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8);
+        }
+    }
+}
+
+/// State shared by the workers of one server.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: AtomicU8,
+    began: OnceLock<Began>,
+    live: AtomicU64,
+    pub wakers: Box<[Waker]>,
+}
+
+impl Shared {
+    pub fn new(workers: usize) -> io::Result<Arc<Shared>> {
+        Ok(Arc::new(Shared {
+            state: AtomicU8::new(RUNNING),
+            began: OnceLock::new(),
+            live: AtomicU64::new(0),
+            wakers: (0..workers)
+                .map(|_| Waker::new())
+                .collect::<io::Result<_>>()?,
+        }))
+    }
+
+    /// Starts the drain. Returns true for the call that started it.
+    pub fn begin(&self, trigger: Trigger) -> bool {
+        self.record(trigger);
+        self.state
+            .compare_exchange(RUNNING, DRAINING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Forces the drain (starting it first if needed). Returns true for the call that
+    /// forced it.
+    pub fn force(&self, trigger: Trigger) -> bool {
+        self.record(trigger);
+        self.state.swap(FORCED, Ordering::AcqRel) != FORCED
+    }
+
+    fn record(&self, trigger: Trigger) {
+        self.began.get_or_init(|| Began {
+            trigger,
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        });
+    }
+
+    pub fn draining(&self) -> bool {
+        self.state.load(Ordering::Acquire) != RUNNING
+    }
+
+    pub fn forced(&self) -> bool {
+        self.state.load(Ordering::Acquire) == FORCED
+    }
+
+    pub fn began(&self) -> Option<Began> {
+        self.began.get().copied()
+    }
+
+    pub fn opened(&self) {
+        self.live.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn closed(&self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn live(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Wakes every worker through its eventfd (for callers without a ring).
+    pub fn wake_all(&self) {
+        for waker in self.wakers.iter() {
+            waker.wake();
+        }
+    }
+}
+
+/// Starts the drain from any thread: the same sequence as SIGTERM.
+///
+/// ```no_run
+/// # fn main() -> std::io::Result<()> {
+/// # use gracering::{Conn, Handler, Server};
+/// # struct Echo;
+/// # impl Handler for Echo {
+/// #     type State = ();
+/// #     fn on_open(&mut self, _: &mut Conn<'_>) {}
+/// #     fn on_data(&mut self, _: &mut (), c: &mut Conn<'_>, d: &[u8]) -> usize { c.write(d); d.len() }
+/// # }
+/// let server = Server::builder().bind()?;
+/// let handle = server.shutdown_handle();
+/// std::thread::spawn(move || {
+///     std::thread::sleep(std::time::Duration::from_secs(60));
+///     handle.shutdown();
+/// });
+/// let report = server.run(|_| Echo)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl ShutdownHandle {
+    /// Starts the drain; a second call does nothing (use [`force`](Self::force)).
+    pub fn shutdown(&self) {
+        if self.shared.begin(Trigger::Handle) {
+            self.shared.wake_all();
+        }
+    }
+
+    /// Ends the drain now: remaining connections are closed and counted as aborted, as
+    /// on a second signal or at the grace deadline.
+    pub fn force(&self) {
+        if self.shared.force(Trigger::Handle) {
+            self.shared.wake_all();
+        }
+    }
+
+    /// Whether the drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining()
+    }
+
+    /// Connections open across all workers right now.
+    pub fn live_connections(&self) -> u64 {
+        self.shared.live()
+    }
+}

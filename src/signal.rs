@@ -1,0 +1,65 @@
+//! Shutdown signals: SIGTERM and SIGINT are blocked in every thread and read through a
+//! signalfd, so a signal reaches a worker as one more completion on its ring.
+//!
+//! A signal that is blocked in every thread stays pending until a signalfd read takes
+//! it; a thread that did not block it would get the default action instead (the process
+//! dies at once). [`Server::run`](crate::Server::run) blocks both signals in the calling
+//! thread before it starts any worker, and workers inherit the mask. Threads the program
+//! started earlier do not: call [`block_shutdown_signals`] first thing in `main`.
+
+use std::io;
+use std::mem;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// The signals that start (and, a second time, force) the drain.
+pub(crate) const SHUTDOWN_SIGNALS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+
+fn shutdown_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in SHUTDOWN_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+    }
+    set
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread, and so in every thread it starts
+/// afterwards. Call it first thing in `main` when the program starts threads of its own
+/// before [`Server::run`](crate::Server::run); otherwise `run` does it.
+///
+/// ```
+/// gracering::block_shutdown_signals().expect("block SIGTERM and SIGINT");
+/// ```
+pub fn block_shutdown_signals() -> io::Result<()> {
+    let set = shutdown_set();
+    // SAFETY: `set` is an initialised sigset_t; the old mask is not needed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// A non-blocking signalfd for SIGTERM and SIGINT.
+pub(crate) fn shutdown_signalfd() -> io::Result<OwnedFd> {
+    let set = shutdown_set();
+    // SAFETY: -1 asks for a new descriptor; `set` is initialised.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: signalfd returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The size of one `signalfd_siginfo` record.
+pub(crate) const SIGINFO_SIZE: usize = mem::size_of::<libc::signalfd_siginfo>();
+
+/// The signal number in a `signalfd_siginfo` record (its first field).
+pub(crate) fn signo(record: &[u8; SIGINFO_SIZE]) -> i32 {
+    u32::from_ne_bytes([record[0], record[1], record[2], record[3]]) as i32
+}
