@@ -129,8 +129,14 @@ impl EchoEngine {
         self.engine.begin_turn(Instant::now(), &mut self.ops);
         for &user_data in &self.conns {
             if let Some((Kind::Recv, conn)) = decode(user_data) {
-                self.engine
-                    .handle(Event::Received { conn, data: msg }, &mut self.ops);
+                self.engine.handle(
+                    Event::Received {
+                        conn,
+                        data: msg,
+                        queued: false,
+                    },
+                    &mut self.ops,
+                );
             }
         }
         self.engine.end_turn(&mut self.ops);

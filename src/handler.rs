@@ -54,13 +54,14 @@ pub trait Handler {
 
     /// The server started draining (SIGTERM, say) while this connection is open, or the
     /// connection arrived from the listen backlog during the drain. The handler decides
-    /// how the connection ends: finish the current exchange and call [`Conn::close`]
-    /// (the default closes once the output written so far is flushed, which for an
-    /// idle connection is at once), or write a goodbye first. A connection the handler
+    /// how the connection ends: write a goodbye and [`Conn::close`], or let the current
+    /// exchange finish. The default, [`Conn::close_when_idle`], closes the connection
+    /// the first time it has sent everything and holds no unconsumed input: at once for
+    /// an idle connection, after the reply for a busy one. A connection the handler
     /// keeps open is cut at the grace deadline.
     fn on_drain(&mut self, state: &mut Self::State, conn: &mut Conn<'_>) {
         let _ = state;
-        conn.close();
+        conn.close_when_idle();
     }
 
     /// The connection is closed (its descriptor is released). Called exactly once for
@@ -195,7 +196,19 @@ pub struct Conn<'a> {
     pub(crate) out: &'a mut Vec<u8>,
     pub(crate) unsent: usize,
     pub(crate) pool: &'a mut BufPool,
-    pub(crate) close: &'a mut bool,
+    pub(crate) close: &'a mut CloseRequest,
+}
+
+/// What a handler asked about closing its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum CloseRequest {
+    /// Nothing: keep serving.
+    #[default]
+    None,
+    /// Close the first time the connection is idle (all sent, no input pending).
+    WhenIdle,
+    /// Close once the output written so far is sent; discard further input.
+    AfterFlush,
 }
 
 impl Conn<'_> {
@@ -235,15 +248,25 @@ impl Conn<'_> {
         self.unsent + self.out.len()
     }
 
-    /// Asks to close the connection once its output is flushed. Input that arrives
-    /// afterwards is discarded.
+    /// Asks to close the connection once its output is flushed: the write side is shut
+    /// down (FIN), what the peer still sends is read and discarded for a short linger,
+    /// then the descriptor is closed. Input that arrives after this call is discarded.
     pub fn close(&mut self) {
-        *self.close = true;
+        *self.close = CloseRequest::AfterFlush;
     }
 
-    /// Whether [`close`](Conn::close) was called.
+    /// Asks to close the connection the first time it is idle: every written byte sent
+    /// and no input left unconsumed. Input keeps being served until then.
+    pub fn close_when_idle(&mut self) {
+        if *self.close == CloseRequest::None {
+            *self.close = CloseRequest::WhenIdle;
+        }
+    }
+
+    /// Whether [`close`](Conn::close) or [`close_when_idle`](Conn::close_when_idle) was
+    /// called.
     pub fn is_closing(&self) -> bool {
-        *self.close
+        *self.close != CloseRequest::None
     }
 }
 

@@ -358,9 +358,14 @@ impl<H: Handler> Sim<H> {
                 Pending::Closed(conn) => engine.handle(Event::Closed { conn }, kernel),
                 Pending::AcceptEnded(errno) => engine.handle(Event::AcceptEnded { errno }, kernel),
                 Pending::Signal(signo) => engine.handle(Event::Signal { signo }, kernel),
-                Pending::Stale(conn, data) => {
-                    engine.handle(Event::Received { conn, data: &data }, kernel)
-                }
+                Pending::Stale(conn, data) => engine.handle(
+                    Event::Received {
+                        conn,
+                        data: &data,
+                        queued: false,
+                    },
+                    kernel,
+                ),
             }
         }
         self.bind_accepted();
@@ -370,10 +375,12 @@ impl<H: Handler> Sim<H> {
         events
     }
 
-    /// Turns until nothing more happens (at most 10,000 turns). Returns the turn count.
+    /// Turns until nothing more happens and no timer is due on the virtual clock (at most
+    /// 10,000 turns). Returns the turn count.
     pub fn run_until_idle(&mut self) -> usize {
         for turns in 0..10_000 {
-            if self.turn() == 0 {
+            let due = self.engine.next_deadline().is_some_and(|at| at <= self.now);
+            if self.turn() == 0 && !due {
                 return turns;
             }
         }
@@ -429,11 +436,13 @@ impl<H: Handler> Sim<H> {
                 for (dst, src) in buf.iter_mut().zip(p.outbox.drain(..n)) {
                     *dst = src;
                 }
+                let queued_empty = p.outbox.is_empty();
                 events += 1;
                 engine.handle(
                     Event::Received {
                         conn,
                         data: &buf[..n],
+                        queued: !queued_empty,
                     },
                     kernel,
                 );

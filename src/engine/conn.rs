@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use crate::handler::CloseReason;
+use crate::handler::{CloseReason, CloseRequest};
 use crate::sys::{ConnRef, Ops};
 
 /// Whether the connection has a receive operation in the kernel.
@@ -102,10 +102,14 @@ pub(crate) struct Connection<S> {
     pub recv: Recv,
     /// The peer sent FIN: nothing more to read.
     pub read_done: bool,
+    /// The last receive said more bytes wait in the socket.
+    pub input_queued: bool,
+    /// The turn in which the connection, waiting to close when idle, was first seen idle.
+    pub quiet_since: Option<u64>,
     /// Reading is paused by back-pressure.
     pub paused: bool,
-    /// The handler called `Conn::close`.
-    pub close_requested: bool,
+    /// What the handler asked about closing.
+    pub close_requested: CloseRequest,
     /// Queued for the end-of-turn flush.
     pub flush_queued: bool,
     pub closing: Closing,
@@ -131,8 +135,10 @@ impl<S> Connection<S> {
             shutdown_inflight: false,
             recv: Recv::Off,
             read_done: false,
+            input_queued: false,
+            quiet_since: None,
             paused: false,
-            close_requested: false,
+            close_requested: CloseRequest::None,
             flush_queued: false,
             closing: Closing::Open,
             idle_at_drain: None,
@@ -153,9 +159,10 @@ impl<S> Connection<S> {
         self.out.len() + if self.sending { self.inflight } else { 0 }
     }
 
-    /// Nothing to send and nothing half-received: the connection waits for its peer.
+    /// Nothing to send, nothing half-received, nothing waiting in the socket: the
+    /// connection waits for its peer.
     pub fn is_idle(&self) -> bool {
-        self.unsent() == 0 && self.pending.is_empty()
+        self.unsent() == 0 && self.pending.is_empty() && !self.input_queued
     }
 
     /// Whether a receive should be in flight now.

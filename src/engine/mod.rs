@@ -26,7 +26,7 @@ use slab::Slab;
 use crate::buf::BufPool;
 use crate::config::Config;
 use crate::drain::Drain;
-use crate::handler::{CloseReason, Conn, ConnId, Handler, Worker};
+use crate::handler::{CloseReason, CloseRequest, Conn, ConnId, Handler, Worker};
 use crate::log;
 use crate::shared::Shared;
 use crate::stats::{WorkerDrain, WorkerStats};
@@ -72,6 +72,9 @@ pub(crate) struct Engine<H: Handler> {
     /// Connections accepted in the turn the drain reached them: told one turn later,
     /// once their first receive has run, so bytes already in their socket are served.
     drain_later: Vec<ConnRef>,
+    /// Connections waiting to close when idle that were idle at the end of this turn:
+    /// checked again at the end of the next one.
+    idle_watch: Vec<u32>,
     turn: u64,
     stats: WorkerStats,
 }
@@ -99,6 +102,7 @@ impl<H: Handler> Engine<H> {
             drain: Drain::new(),
             drain_counts: WorkerDrain::default(),
             drain_later: Vec::new(),
+            idle_watch: Vec::new(),
             turn: 0,
             stats: WorkerStats::default(),
         }
@@ -153,6 +157,9 @@ impl<H: Handler> Engine<H> {
 
     /// The earliest instant at which the engine has something to do without an event.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.idle_watch.is_empty() {
+            return Some(self.linger.now); // look again right after one more kernel entry
+        }
         [
             self.acceptor.retry_at,
             self.linger.next_deadline(),
@@ -168,7 +175,7 @@ impl<H: Handler> Engine<H> {
         match event {
             Event::Accepted { fd } => self.on_accepted(fd, ops),
             Event::AcceptEnded { errno } => self.on_accept_ended(errno, ops),
-            Event::Received { conn, data } => self.on_received(conn, data, ops),
+            Event::Received { conn, data, queued } => self.on_received(conn, data, queued, ops),
             Event::RecvEnded { conn, why } => self.on_recv_ended(conn, why, ops),
             Event::Sent { conn, result, buf } => self.on_sent(conn, result, buf, ops),
             Event::ShutDown { conn } => self.on_shut_down(conn, ops),
@@ -182,6 +189,11 @@ impl<H: Handler> Engine<H> {
     pub fn end_turn(&mut self, ops: &mut impl Ops) {
         if !self.drain_later.is_empty() {
             self.notify_later(ops);
+        }
+        for key in mem::take(&mut self.idle_watch) {
+            if let Some(c) = self.conns.get_mut(key as usize) {
+                queue_flush(c, &mut self.flush);
+            }
         }
         for key in mem::take(&mut self.flush).drain(..) {
             let Some(c) = self.conns.get_mut(key as usize) else {
@@ -197,6 +209,23 @@ impl<H: Handler> Engine<H> {
             }
             if c.check_pressure(self.limits.max_unsent, ops) {
                 self.stats.reads_paused += 1;
+            }
+            if c.close_requested == CloseRequest::WhenIdle && c.closing == Closing::Open {
+                if !c.is_idle() {
+                    c.quiet_since = None;
+                } else if c.quiet_since.is_some_and(|t| t < self.turn) {
+                    // Idle at the end of two turns with a kernel entry between them, so
+                    // bytes that reached the socket meanwhile would have shown up.
+                    let reason = if self.drain.draining() {
+                        CloseReason::Shutdown
+                    } else {
+                        CloseReason::Handler
+                    };
+                    c.begin_close(reason, true, ops, &mut self.linger);
+                } else {
+                    c.quiet_since.get_or_insert(self.turn);
+                    self.idle_watch.push(c.key);
+                }
             }
             c.advance_close(ops, &mut self.linger);
         }
@@ -284,7 +313,7 @@ impl<H: Handler> Engine<H> {
         self.acceptor.retry_at = Some(self.linger.now + delay);
     }
 
-    fn on_received(&mut self, conn: ConnRef, data: &[u8], ops: &mut impl Ops) {
+    fn on_received(&mut self, conn: ConnRef, data: &[u8], queued: bool, ops: &mut impl Ops) {
         self.stats.bytes_in += data.len() as u64;
         let worker = self.worker.index;
         let draining = self.drain.draining();
@@ -293,14 +322,16 @@ impl<H: Handler> Engine<H> {
         let Some(c) = lookup(&mut self.conns, &mut self.stats, conn) else {
             return;
         };
-        if c.closing != Closing::Open || c.close_requested {
+        c.input_queued = queued;
+        c.quiet_since = None;
+        if c.closing != Closing::Open || c.close_requested == CloseRequest::AfterFlush {
             return; // closing: input is read only so that the close does not reset
         }
         let handler = &mut self.handler;
         let pool = &mut self.pool;
         if c.pending.is_empty() {
             let used = deliver(handler, c, pool, worker, draining, data);
-            if used < data.len() && !c.close_requested {
+            if used < data.len() && c.close_requested != CloseRequest::AfterFlush {
                 c.pending = pool.take();
                 c.pending.extend_from_slice(&data[used..]);
             }
@@ -309,7 +340,7 @@ impl<H: Handler> Engine<H> {
             pending.extend_from_slice(data);
             let used = deliver(handler, c, pool, worker, draining, &pending);
             pending.drain(..used);
-            if pending.is_empty() || c.close_requested {
+            if pending.is_empty() || c.close_requested == CloseRequest::AfterFlush {
                 pool.put(pending);
             } else {
                 c.pending = pending;
@@ -437,9 +468,14 @@ fn after_handler<S>(
     if !c.out.is_empty() {
         queue_flush(c, flush);
     }
-    if c.close_requested && c.closing == Closing::Open {
-        c.begin_close(reason, true, ops, linger);
-        queue_flush(c, flush);
+    match c.close_requested {
+        CloseRequest::None => {}
+        CloseRequest::WhenIdle => queue_flush(c, flush), // end_turn closes it once idle
+        CloseRequest::AfterFlush if c.closing == Closing::Open => {
+            c.begin_close(reason, true, ops, linger);
+            queue_flush(c, flush);
+        }
+        CloseRequest::AfterFlush => {}
     }
 }
 
@@ -480,7 +516,7 @@ fn deliver<H: Handler>(
     let Some(state) = c.state.as_mut() else {
         return data.len();
     };
-    while used < data.len() && !c.close_requested {
+    while used < data.len() && c.close_requested != CloseRequest::AfterFlush {
         let mut conn = Conn {
             id: ConnId(c.key),
             worker,

@@ -141,8 +141,14 @@ impl T {
         }
     }
     fn recv(&mut self, conn: ConnRef, data: &[u8]) {
-        self.engine
-            .handle(Event::Received { conn, data }, &mut self.rec);
+        self.engine.handle(
+            Event::Received {
+                conn,
+                data,
+                queued: false,
+            },
+            &mut self.rec,
+        );
     }
     fn turn(&mut self) -> Vec<Op> {
         self.engine.end_turn(&mut self.rec);
@@ -534,7 +540,11 @@ fn sigterm_drains_in_order_and_serves_the_backlog() {
         },
         &mut t.rec,
     );
-    let ops = t.rec.take();
+    let mut ops = t.rec.take();
+    t.engine.end_turn(&mut t.rec); // idle now: looked at again after one kernel entry
+    t.engine.begin_turn(Instant::now(), &mut t.rec);
+    t.engine.end_turn(&mut t.rec); // still idle: closes
+    ops.extend(t.rec.take());
     let backlog = match ops.as_slice() {
         [Op::CloseListener, Op::Recv(b), rest @ ..] => {
             assert!(
@@ -553,17 +563,22 @@ fn sigterm_drains_in_order_and_serves_the_backlog() {
         }
         other => panic!("{other:?}"),
     };
-    t.engine.end_turn(&mut t.rec); // the turn the backlog arrived in ends
-    t.engine.begin_turn(Instant::now(), &mut t.rec);
+    t.engine.begin_turn(Instant::now(), &mut t.rec); // the next turn
     t.recv(backlog, b"request from the backlog");
     t.sent(busy, None);
     let ops = t.turn();
-    assert!(ops.contains(&Op::Shutdown(busy)), "{ops:?}");
-    assert!(
-        ops.contains(&Op::Send(backlog, b"request from the backlog".to_vec())),
-        "{ops:?}"
+    assert_eq!(
+        ops,
+        vec![Op::Send(backlog, b"request from the backlog".to_vec())]
     );
+    t.engine.begin_turn(Instant::now(), &mut t.rec);
     t.sent(backlog, None);
+    assert_eq!(
+        t.turn(),
+        vec![Op::Shutdown(busy)],
+        "idle for two turns: FIN"
+    );
+    t.engine.begin_turn(Instant::now(), &mut t.rec);
     assert_eq!(t.turn(), vec![Op::Shutdown(backlog)], "served, then FIN");
     for c in [busy, idle, backlog] {
         t.engine.handle(Event::ShutDown { conn: c }, &mut t.rec);
@@ -589,9 +604,11 @@ fn sigterm_drains_in_order_and_serves_the_backlog() {
     );
     assert!(t.engine.is_done());
     let report = t.engine.drain_report();
+    // The backlog connection was still idle when the drain reached it (its request came
+    // a turn later, and was served all the same).
     assert_eq!(
         (report.drained, report.closed_idle, report.aborted),
-        (2, 1, 0)
+        (1, 2, 0)
     );
 }
 

@@ -65,8 +65,13 @@ pub(crate) enum Event<'a> {
     /// The accept operation is no longer armed; `errno` is 0 when it ended without an
     /// error (cancelled, or a single-shot accept that completed).
     AcceptEnded { errno: i32 },
-    /// Bytes arrived on a connection. The slice is only valid during the call.
-    Received { conn: ConnRef, data: &'a [u8] },
+    /// Bytes arrived on a connection. The slice is only valid during the call. `queued`
+    /// says more bytes already wait in the socket (another `Received` will follow).
+    Received {
+        conn: ConnRef,
+        data: &'a [u8],
+        queued: bool,
+    },
     /// The connection's receive operation ended.
     RecvEnded { conn: ConnRef, why: RecvEnd },
     /// A send finished: `result` is the byte count or a positive errno. The buffer comes

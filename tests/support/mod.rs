@@ -39,6 +39,58 @@ impl ChildServer {
     }
 }
 
+impl ChildServer {
+    /// Sends a signal to this child (by its PID).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory-safety preconditions; the PID is our own child's.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// Waits for the child to exit, polling every millisecond; returns its exit code and
+    /// how long the wait took. Panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (Option<i32>, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return (status.code(), start.elapsed());
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "server did not exit within {timeout:?}; stderr: {:?}",
+                self.stderr_lines()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The drain report line the server printed on stderr.
+    pub fn drain_report(&self) -> String {
+        assert!(
+            self.wait_for_stderr("{\"drain\"", Duration::from_secs(2)),
+            "no drain report: {:?}",
+            self.stderr_lines()
+        );
+        self.stderr_lines()
+            .into_iter()
+            .find(|l| l.starts_with("{\"drain\""))
+            .unwrap()
+    }
+}
+
+/// The number after `"key":` in a JSON line (first occurrence).
+pub fn json_number(line: &str, key: &str) -> f64 {
+    let pat = format!("\"{key}\":");
+    let at = line
+        .find(&pat)
+        .unwrap_or_else(|| panic!("{key} not in {line}"))
+        + pat.len();
+    let end = line[at..].find([',', '}']).unwrap() + at;
+    line[at..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {line}"))
+}
+
 impl Drop for ChildServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -464,7 +464,8 @@ impl Io<'_> {
         if res > 0 {
             if let Some(bid) = bid {
                 let data = self.bufring.get(bid, res as usize);
-                engine.handle(Event::Received { conn, data }, ops);
+                let queued = cqueue::sock_nonempty(flags);
+                engine.handle(Event::Received { conn, data, queued }, ops);
                 self.bufring.recycle(bid);
             }
             if !cqueue::more(flags) {

@@ -1,0 +1,311 @@
+//! The graceful drain, end to end: real child processes (the echo example), real
+//! signals, real sockets.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gracering::{Conn, Handler, Server, Trigger};
+use support::*;
+
+/// Reads until EOF; Ok(bytes) on a clean EOF, Err on a reset or any other error.
+fn read_to_eof(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut all = Vec::new();
+    s.read_to_end(&mut all)?;
+    Ok(all)
+}
+
+/// Opens `n` connections that each finished one echo round trip (so the server holds
+/// them), then sit idle.
+fn idle_connections(server: &ChildServer, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let mut s = connect(server.addr);
+            let msg = format!("hello {i}");
+            assert_eq!(round_trip(&mut s, msg.as_bytes()).unwrap(), msg.as_bytes());
+            s
+        })
+        .collect()
+}
+
+/// A connection the server cannot finish: it sends a lot and never reads, so the
+/// server's echo backs up and the connection is never idle.
+fn stuck_connection(server: &ChildServer) -> TcpStream {
+    let mut s = connect(server.addr);
+    s.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..16 {
+        if s.write_all(&chunk).is_err() {
+            break; // both directions are full: the server is stuck on us
+        }
+    }
+    s
+}
+
+#[test]
+fn sigterm_with_1000_idle_connections_gives_each_a_clean_eof_and_exits_0_within_100ms() {
+    let mut server = spawn_echo(&["--workers", "2"]);
+    let conns = idle_connections(&server, 1000);
+    let closer = thread::spawn(move || {
+        conns
+            .into_iter()
+            .map(|mut s| read_to_eof(&mut s).map(|rest| rest.len()))
+            .collect::<Vec<_>>()
+    });
+    thread::sleep(Duration::from_millis(50)); // the closer waits in read on every socket
+    server.signal(libc::SIGTERM);
+    let (code, took) = server.wait_exit(Duration::from_secs(10));
+    let results = closer.join().unwrap();
+    let resets = results.iter().filter(|r| r.is_err()).count();
+    assert_eq!(
+        resets,
+        0,
+        "clients saw errors: {:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    assert!(
+        results.iter().all(|r| matches!(r, Ok(0))),
+        "unexpected bytes before EOF"
+    );
+    assert_eq!(code, Some(0));
+    let report = server.drain_report();
+    eprintln!("signal to exit: {took:?}; {report}");
+    assert_eq!(json_number(&report, "closed_idle"), 1000.0, "{report}");
+    assert!(
+        took < Duration::from_millis(100),
+        "exit took {took:?} after SIGTERM"
+    );
+}
+
+/// Each client writes its whole payload (the bytes are in flight in the kernel when the
+/// signal comes) while reading the echo; the drain must answer every byte it received
+/// before it began, then close cleanly.
+#[test]
+fn sigterm_during_large_transfers_completes_every_byte_then_exits_0() {
+    const CLIENTS: usize = 20;
+    const SIZE: usize = 4 << 20;
+    let mut server = spawn_echo(&["--workers", "2"]);
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let addr = server.addr;
+            let sent_tx = sent_tx.clone();
+            thread::spawn(move || {
+                let mut s = connect(addr);
+                let mut payload = vec![0u8; SIZE];
+                Rng::new(i as u64 + 99).fill(&mut payload);
+                let mut writer = s.try_clone().unwrap();
+                let sent = payload.clone();
+                let w = thread::spawn(move || {
+                    let r = writer.write_all(&sent);
+                    sent_tx.send(()).unwrap();
+                    r
+                });
+                let mut back = vec![0u8; SIZE];
+                let got = s
+                    .read_exact(&mut back)
+                    .map_err(|e| format!("client {i}: {e}"));
+                let tail = read_to_eof(&mut s).map_err(|e| format!("client {i} at EOF: {e}"));
+                w.join()
+                    .unwrap()
+                    .map_err(|e| format!("client {i} write: {e}"))?;
+                got?;
+                if back != payload || !tail?.is_empty() {
+                    return Err(format!("client {i}: echo differs"));
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for _ in 0..CLIENTS {
+        sent_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("payloads written");
+    }
+    server.signal(libc::SIGTERM);
+    let failures: Vec<String> = clients
+        .into_iter()
+        .filter_map(|c| c.join().unwrap().err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{failures:?}\nserver: {:#?}",
+        server.stderr_lines()
+    );
+    let (code, _) = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{:?}", server.stderr_lines());
+    let report = server.drain_report();
+    assert_eq!(json_number(&report, "aborted"), 0.0, "{report}");
+    assert!(
+        json_number(&report, "drained") > 0.0,
+        "no transfer was in flight at the signal: {report}"
+    );
+}
+
+#[test]
+fn connections_waiting_in_the_backlog_at_the_signal_are_served_not_reset() {
+    let mut server = spawn_echo(&["--workers", "1"]);
+    idle_connections(&server, 1); // the server is up and accepting
+    server.signal(libc::SIGSTOP); // nothing is accepted while it is stopped
+    let mut waiting: Vec<TcpStream> = (0..20)
+        .map(|i| {
+            let mut s = connect(server.addr);
+            s.write_all(format!("from the backlog {i:02}").as_bytes())
+                .unwrap();
+            s
+        })
+        .collect();
+    server.signal(libc::SIGTERM);
+    thread::sleep(Duration::from_millis(20));
+    server.signal(libc::SIGCONT);
+    for (i, s) in waiting.iter_mut().enumerate() {
+        let got = read_to_eof(s).unwrap_or_else(|e| panic!("backlog client {i}: {e}"));
+        assert_eq!(
+            got,
+            format!("from the backlog {i:02}").as_bytes(),
+            "client {i}"
+        );
+    }
+    let (code, _) = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    assert!(
+        server
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("from the backlog")),
+        "{:?}",
+        server.stderr_lines()
+    );
+}
+
+#[test]
+fn a_connection_outliving_the_grace_period_is_cut_at_the_deadline_with_exit_code_3() {
+    let mut server = spawn_echo(&["--workers", "1", "--grace-period", "300ms"]);
+    let _stuck = stuck_connection(&server);
+    let start = Instant::now();
+    server.signal(libc::SIGTERM);
+    let (code, _) = server.wait_exit(Duration::from_secs(10));
+    let took = start.elapsed();
+    assert_eq!(
+        code,
+        Some(3),
+        "documented exit code for aborted connections"
+    );
+    assert!(
+        took >= Duration::from_millis(300),
+        "cut before the deadline: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(400),
+        "cut {took:?} after the signal (deadline 300 ms)"
+    );
+    assert_eq!(json_number(&server.drain_report(), "aborted"), 1.0);
+}
+
+#[test]
+fn a_second_signal_ends_the_drain_within_100ms() {
+    let mut server = spawn_echo(&["--workers", "2"]);
+    let _stuck = stuck_connection(&server);
+    server.signal(libc::SIGTERM);
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "still draining the stuck connection"
+    );
+    server.signal(libc::SIGTERM);
+    let (code, took) = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(3));
+    assert!(
+        took < Duration::from_millis(100),
+        "second signal to exit: {took:?}"
+    );
+}
+
+#[test]
+fn resources_are_torn_down_in_reverse_order_after_each_workers_last_connection() {
+    let mut server = spawn_echo(&["--workers", "2", "--resources", "db-pool,cache,metrics"]);
+    let conns = idle_connections(&server, 40);
+    server.signal(libc::SIGTERM);
+    for mut s in conns {
+        read_to_eof(&mut s).unwrap();
+    }
+    assert_eq!(server.wait_exit(Duration::from_secs(10)).0, Some(0));
+    let lines = server.stderr_lines();
+    for w in 0..2 {
+        let at = |needle: &str| {
+            let needle = format!("worker {w}: {needle}");
+            lines
+                .iter()
+                .position(|l| l.contains(&needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in {lines:?}"))
+        };
+        let last = at("last connection closed");
+        let order = [
+            at("teardown metrics"),
+            at("teardown cache"),
+            at("teardown db-pool"),
+        ];
+        let released = at("ring released");
+        assert!(
+            last < order[0] && order[0] < order[1] && order[1] < order[2] && order[2] < released,
+            "worker {w}: {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn sigint_drains_like_sigterm() {
+    let mut server = spawn_echo(&["--workers", "1"]);
+    let conns = idle_connections(&server, 10);
+    server.signal(libc::SIGINT);
+    for mut s in conns {
+        assert!(read_to_eof(&mut s).unwrap().is_empty());
+    }
+    assert_eq!(server.wait_exit(Duration::from_secs(10)).0, Some(0));
+    assert!(server.drain_report().contains("\"trigger\":\"SIGINT\""));
+}
+
+struct Echo;
+
+impl Handler for Echo {
+    type State = ();
+    fn on_open(&mut self, _: &mut Conn<'_>) {}
+    fn on_data(&mut self, _: &mut (), conn: &mut Conn<'_>, data: &[u8]) -> usize {
+        conn.write(data);
+        data.len()
+    }
+}
+
+#[test]
+fn the_shutdown_handle_drains_an_in_process_server() {
+    let server = Server::builder()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .workers(2)
+        .handle_signals(false)
+        .bind()
+        .unwrap();
+    let addr = server.local_addr();
+    let handle = server.shutdown_handle();
+    let runner = thread::spawn(move || server.run(|_| Echo));
+    let mut s = connect(addr);
+    assert_eq!(round_trip(&mut s, b"ping").unwrap(), b"ping");
+    assert_eq!(handle.live_connections(), 1);
+    assert!(!handle.is_draining());
+    handle.shutdown();
+    assert!(handle.is_draining());
+    match read_to_eof(&mut s) {
+        Ok(rest) => assert!(rest.is_empty()),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => panic!("reset instead of EOF"),
+        Err(e) => panic!("{e}"),
+    }
+    drop(s);
+    let report = runner.join().unwrap().unwrap();
+    assert_eq!(report.trigger, Some(Trigger::Handle));
+    assert!(report.is_clean());
+    assert_eq!(report.total().accepted, 1);
+    assert_eq!(handle.live_connections(), 0);
+}
