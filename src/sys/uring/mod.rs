@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::types::{Fd, SubmitArgs, Timespec};
-use io_uring::{CompletionQueue, IoUring, Submitter, cqueue, opcode, squeue::SubmissionQueue};
+use io_uring::{CompletionQueue, IoUring, Submitter, cqueue, opcode};
 use socket2::Socket;
 
 use crate::config::Config;
@@ -107,10 +107,12 @@ impl UringWorker {
     /// Runs the engine until it is done, releases everything, and returns the worker's
     /// report.
     pub fn run<H: Handler>(mut self, mut engine: Engine<H>) -> io::Result<WorkerReport> {
-        let result = self.turns(&mut engine);
+        let served = self.drive(&mut engine, Mode::Serve);
         self.shared.wakers[self.index].set_ring_fd(-1);
-        let released = self.release(&mut engine);
-        result.and(released)?;
+        let released = self.drive(&mut engine, Mode::Release);
+        served.and(released)?;
+        self.ring.submitter().unregister_buf_ring(BGID)?;
+        drop(self.listener.take());
         log::info(format_args!("worker {}: ring released", self.index));
         Ok(WorkerReport {
             stats: engine.stats().clone(),
@@ -118,163 +120,98 @@ impl UringWorker {
         })
     }
 
-    fn turns<H: Handler>(&mut self, engine: &mut Engine<H>) -> io::Result<()> {
+    /// The loop. `Serve`: arm the backend's reads, start the engine, turn until the
+    /// engine is done. `Release`: cancel the backend's reads and reap every completion
+    /// still owed, so the ring is never dropped with an operation in flight.
+    fn drive<H: Handler>(&mut self, engine: &mut Engine<H>, mode: Mode) -> io::Result<()> {
         let (submitter, mut sq, mut cq) = self.ring.split();
         let mut own = OwnReads {
             signal_fd: self.signalfd,
             signal_buf: &mut self.signal_buf,
             wake_fd: self.shared.wakers[self.index].eventfd(),
             wake_buf: &mut self.wake_buf,
-            releasing: false,
+            releasing: mode == Mode::Release,
         };
         let mut io = Io {
             bufring: &mut self.bufring,
             multishot_accept: self.multishot_accept,
             multishot_recv: self.multishot_recv,
         };
-        {
-            let mut ops = sq_ops(
-                &submitter,
-                &mut sq,
-                &mut self.sends,
-                &mut self.listener,
-                &mut self.inflight,
-                &self.shared,
-                self.index,
-                self.buf_size,
-                &self.features,
-                &io,
-            );
-            own.arm_signal(&mut ops);
-            own.arm_wake(&mut ops);
-            engine.start(&mut ops);
-        }
-        while !engine.is_done() {
+        let started = Instant::now();
+        let mut warned = false;
+        let mut first = true;
+        loop {
             let now = Instant::now();
-            let mut ops = sq_ops(
-                &submitter,
-                &mut sq,
-                &mut self.sends,
-                &mut self.listener,
-                &mut self.inflight,
-                &self.shared,
-                self.index,
-                self.buf_size,
-                &self.features,
-                &io,
-            );
-            engine.begin_turn(now, &mut ops);
-            io.reap(&mut cq, engine, &mut own, &mut ops);
-            engine.end_turn(&mut ops);
+            let mut ops = SqOps {
+                submitter: &submitter,
+                sq: &mut sq,
+                sends: &mut self.sends,
+                listener: &mut self.listener,
+                inflight: &mut self.inflight,
+                shared: &self.shared,
+                index: self.index,
+                bgid: BGID,
+                buf_size: self.buf_size,
+                msg_ring: self.features.msg_ring,
+                multishot_accept: io.multishot_accept,
+                multishot_recv: io.multishot_recv,
+            };
+            match (mode, first) {
+                (Mode::Serve, true) => {
+                    own.arm_signal(&mut ops);
+                    own.arm_wake(&mut ops);
+                    engine.start(&mut ops);
+                }
+                (Mode::Release, true) => {
+                    for kind in [Kind::Signal, Kind::WakeRead] {
+                        let entry = opcode::AsyncCancel::new(encode(kind, NO_CONN)).build();
+                        ops.push(entry.user_data(encode(Kind::Cancel, NO_CONN)));
+                    }
+                }
+                (Mode::Serve, false) => {
+                    engine.begin_turn(now, &mut ops);
+                    io.reap(&mut cq, engine, &mut own, &mut ops);
+                    engine.end_turn(&mut ops);
+                }
+                (Mode::Release, false) => {
+                    io.reap(&mut cq, engine, &mut own, &mut ops);
+                    if !warned && started.elapsed() > Duration::from_secs(1) {
+                        warned = true;
+                        log::warn(format_args!(
+                            "worker {}: {} operations still in flight at release",
+                            self.index, self.inflight
+                        ));
+                    }
+                }
+            }
+            first = false;
             io.bufring.publish();
-            if engine.is_done() {
+            let finished = match mode {
+                Mode::Serve => engine.is_done(),
+                Mode::Release => self.inflight == 0,
+            };
+            if finished {
                 break;
             }
             sq.sync();
-            wait(&submitter, engine.next_deadline(), now)?;
+            let deadline = match mode {
+                Mode::Serve => engine.next_deadline(),
+                Mode::Release => Some(now + Duration::from_millis(100)),
+            };
+            wait(&submitter, deadline, now)?;
             cq.sync();
         }
         self.multishot_accept = io.multishot_accept;
         self.multishot_recv = io.multishot_recv;
         Ok(())
     }
-
-    /// Cancels the backend's own reads and reaps every completion still owed, so the
-    /// ring is never dropped with an operation in flight; then unregisters the buffers.
-    fn release<H: Handler>(&mut self, engine: &mut Engine<H>) -> io::Result<()> {
-        let (submitter, mut sq, mut cq) = self.ring.split();
-        let mut own = OwnReads {
-            signal_fd: self.signalfd,
-            signal_buf: &mut self.signal_buf,
-            wake_fd: self.shared.wakers[self.index].eventfd(),
-            wake_buf: &mut self.wake_buf,
-            releasing: true,
-        };
-        let mut io = Io {
-            bufring: &mut self.bufring,
-            multishot_accept: self.multishot_accept,
-            multishot_recv: self.multishot_recv,
-        };
-        {
-            let mut ops = sq_ops(
-                &submitter,
-                &mut sq,
-                &mut self.sends,
-                &mut self.listener,
-                &mut self.inflight,
-                &self.shared,
-                self.index,
-                self.buf_size,
-                &self.features,
-                &io,
-            );
-            for kind in [Kind::Signal, Kind::WakeRead] {
-                let entry = opcode::AsyncCancel::new(encode(kind, NO_CONN)).build();
-                ops.push(entry.user_data(encode(Kind::Cancel, NO_CONN)));
-            }
-        }
-        let started = Instant::now();
-        let mut warned = false;
-        while self.inflight > 0 {
-            sq.sync();
-            let now = Instant::now();
-            wait(&submitter, Some(now + Duration::from_millis(100)), now)?;
-            cq.sync();
-            let mut ops = sq_ops(
-                &submitter,
-                &mut sq,
-                &mut self.sends,
-                &mut self.listener,
-                &mut self.inflight,
-                &self.shared,
-                self.index,
-                self.buf_size,
-                &self.features,
-                &io,
-            );
-            io.reap(&mut cq, engine, &mut own, &mut ops);
-            if !warned && started.elapsed() > Duration::from_secs(1) {
-                warned = true;
-                log::warn(format_args!(
-                    "worker {}: {} operations still in flight at release",
-                    self.index, self.inflight
-                ));
-            }
-        }
-        submitter.unregister_buf_ring(BGID)?;
-        drop(self.listener.take());
-        Ok(())
-    }
 }
 
-/// Builds the turn's operation sink from the worker's parts.
-#[allow(clippy::too_many_arguments)]
-fn sq_ops<'a, 'r>(
-    submitter: &'a Submitter<'r>,
-    sq: &'a mut SubmissionQueue<'r>,
-    sends: &'a mut Vec<Option<(u32, OutBuf)>>,
-    listener: &'a mut Option<Socket>,
-    inflight: &'a mut usize,
-    shared: &'a Arc<Shared>,
-    index: usize,
-    buf_size: u32,
-    features: &Features,
-    io: &Io<'_>,
-) -> SqOps<'a, 'r> {
-    SqOps {
-        submitter,
-        sq,
-        sends,
-        listener,
-        inflight,
-        shared,
-        index,
-        bgid: BGID,
-        buf_size,
-        msg_ring: features.msg_ring,
-        multishot_accept: io.multishot_accept,
-        multishot_recv: io.multishot_recv,
-    }
+/// What a run of the loop is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Serve,
+    Release,
 }
 
 /// Blocks in the kernel until a completion arrives or `deadline` passes, submitting the
