@@ -8,6 +8,7 @@
 //! [`Handler::State`].
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use crate::buf::BufPool;
 
@@ -62,6 +63,12 @@ pub trait Handler {
     fn on_drain(&mut self, state: &mut Self::State, conn: &mut Conn<'_>) {
         let _ = state;
         conn.close_when_idle();
+    }
+
+    /// The timer set with [`Conn::set_timer`] fired. Not called once the connection is
+    /// closing.
+    fn on_timer(&mut self, state: &mut Self::State, conn: &mut Conn<'_>) {
+        let _ = (state, conn);
     }
 
     /// The connection is closed (its descriptor is released). Called exactly once for
@@ -193,6 +200,8 @@ pub struct Conn<'a> {
     pub(crate) id: ConnId,
     pub(crate) worker: usize,
     pub(crate) draining: bool,
+    pub(crate) now: Instant,
+    pub(crate) timer: &'a mut Option<Instant>,
     pub(crate) out: &'a mut Vec<u8>,
     pub(crate) unsent: usize,
     pub(crate) pool: &'a mut BufPool,
@@ -220,6 +229,23 @@ impl Conn<'_> {
     /// The index of the worker thread that owns this connection.
     pub fn worker(&self) -> usize {
         self.worker
+    }
+
+    /// The current loop turn's clock (read once per turn; cheaper than `Instant::now`).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Sets the connection's timer to fire `after` from now, replacing any earlier one:
+    /// [`Handler::on_timer`] is called then (at most a few milliseconds late, never
+    /// early). Cheap enough to reset on every request.
+    pub fn set_timer(&mut self, after: Duration) {
+        *self.timer = Some(self.now + after);
+    }
+
+    /// Cancels the connection's timer.
+    pub fn clear_timer(&mut self) {
+        *self.timer = None;
     }
 
     /// Whether the server is draining: from the instant the drain begins (including the

@@ -380,7 +380,7 @@ impl<H: Handler> Sim<H> {
     pub fn run_until_idle(&mut self) -> usize {
         for turns in 0..10_000 {
             let due = self.engine.next_deadline().is_some_and(|at| at <= self.now);
-            if self.turn() == 0 && !due {
+            if self.turn() == 0 && !due && self.kernel.completions.is_empty() {
                 return turns;
             }
         }

@@ -70,3 +70,42 @@ fn reset_closes_with_reason_reset() {
     assert_eq!(sim.live(), 0);
     assert_eq!(sim.stats().closed, 1);
 }
+
+/// Closes a connection that stays silent for 100 ms.
+struct Idle;
+
+impl Handler for Idle {
+    type State = ();
+    fn on_open(&mut self, conn: &mut Conn<'_>) {
+        conn.set_timer(std::time::Duration::from_millis(100));
+    }
+    fn on_data(&mut self, _: &mut (), conn: &mut Conn<'_>, data: &[u8]) -> usize {
+        conn.set_timer(std::time::Duration::from_millis(100)); // reset on activity
+        data.len()
+    }
+    fn on_timer(&mut self, _: &mut (), conn: &mut Conn<'_>) {
+        conn.write(b"timeout\n");
+        conn.close();
+    }
+}
+
+#[test]
+fn timers_fire_after_their_deadline_and_reset_on_activity() {
+    use std::time::Duration;
+    let mut sim = Sim::new(Idle);
+    let peer = sim.connect();
+    sim.run_until_idle();
+    sim.advance(Duration::from_millis(90));
+    sim.send(peer, b"still here");
+    sim.run_until_idle();
+    sim.advance(Duration::from_millis(90));
+    sim.run_until_idle();
+    assert!(
+        sim.take_received(peer).is_empty(),
+        "reset by the data at 90 ms: not due yet"
+    );
+    sim.advance(Duration::from_millis(20));
+    sim.run_until_idle();
+    assert_eq!(sim.take_received(peer), b"timeout\n");
+    assert!(sim.is_closed(peer));
+}

@@ -20,7 +20,9 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use crate::handler::{CloseReason, CloseRequest};
+use super::timer::Wheel;
+use crate::buf::BufPool;
+use crate::handler::{CloseReason, CloseRequest, Conn, ConnId};
 use crate::sys::{ConnRef, Ops};
 
 /// Whether the connection has a receive operation in the kernel.
@@ -119,6 +121,10 @@ pub(crate) struct Connection<S> {
     pub aborted: bool,
     /// The loop turn in which the connection was accepted.
     pub born_turn: u64,
+    /// When the handler's timer fires, if set.
+    pub timer_at: Option<Instant>,
+    /// Whether the timer wheel holds an entry for this connection.
+    pub timer_filed: bool,
 }
 
 impl<S> Connection<S> {
@@ -144,6 +150,39 @@ impl<S> Connection<S> {
             idle_at_drain: None,
             aborted: false,
             born_turn,
+            timer_at: None,
+            timer_filed: false,
+        }
+    }
+
+    /// The handler's view of this connection for one callback, and its state.
+    pub fn handle<'a>(
+        &'a mut self,
+        worker: usize,
+        draining: bool,
+        now: Instant,
+        pool: &'a mut BufPool,
+    ) -> (Conn<'a>, &'a mut Option<S>) {
+        let unsent = if self.sending { self.inflight } else { 0 };
+        let conn = Conn {
+            id: ConnId(self.key),
+            worker,
+            draining,
+            now,
+            timer: &mut self.timer_at,
+            out: &mut self.out,
+            unsent,
+            pool,
+            close: &mut self.close_requested,
+        };
+        (conn, &mut self.state)
+    }
+
+    /// Files the handler's timer in the wheel if it is set and not filed yet.
+    pub fn file_timer(&mut self, wheel: &mut Wheel) {
+        if let (Some(at), false) = (self.timer_at, self.timer_filed) {
+            wheel.insert(at, self.conn_ref());
+            self.timer_filed = true;
         }
     }
 

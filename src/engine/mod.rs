@@ -16,6 +16,7 @@
 
 mod conn;
 mod shutdown;
+mod timer;
 
 use std::mem;
 use std::sync::Arc;
@@ -26,13 +27,14 @@ use slab::Slab;
 use crate::buf::BufPool;
 use crate::config::Config;
 use crate::drain::Drain;
-use crate::handler::{CloseReason, CloseRequest, Conn, ConnId, Handler, Worker};
+use crate::handler::{CloseReason, CloseRequest, Handler, Worker};
 use crate::log;
 use crate::shared::Shared;
 use crate::stats::{WorkerDrain, WorkerStats};
 use crate::sys::{ConnRef, Event, GEN_MASK, Ops, OutBuf, RecvEnd};
 
 use conn::{Closing, Connection, Linger, Recv};
+use timer::Wheel;
 
 /// The accept side of a worker: whether an accept is in the kernel, and the back-off
 /// that keeps a worker out of descriptors from spinning.
@@ -72,6 +74,9 @@ pub(crate) struct Engine<H: Handler> {
     /// Connections accepted in the turn the drain reached them: told one turn later,
     /// once their first receive has run, so bytes already in their socket are served.
     drain_later: Vec<ConnRef>,
+    /// The handlers' per-connection timers.
+    timers: Wheel,
+    due: Vec<ConnRef>,
     /// Connections waiting to close when idle that were idle at the end of this turn:
     /// checked again at the end of the next one.
     idle_watch: Vec<u32>,
@@ -102,6 +107,8 @@ impl<H: Handler> Engine<H> {
             drain: Drain::new(),
             drain_counts: WorkerDrain::default(),
             drain_later: Vec::new(),
+            timers: Wheel::new(Instant::now()),
+            due: Vec::new(),
             idle_watch: Vec::new(),
             turn: 0,
             stats: WorkerStats::default(),
@@ -153,6 +160,42 @@ impl<H: Handler> Engine<H> {
         if self.drain.next_deadline().is_some_and(|at| at <= now) {
             self.tick(now, ops);
         }
+        if self.timers.next_deadline().is_some_and(|at| at <= now) {
+            self.fire_timers(now, ops);
+        }
+    }
+
+    /// Calls `on_timer` for every connection whose timer is due.
+    fn fire_timers(&mut self, now: Instant, ops: &mut impl Ops) {
+        let mut due = mem::take(&mut self.due);
+        self.timers.expire(now, &mut due);
+        let reason = self.close_reason();
+        let draining = self.drain.draining();
+        for conn in due.drain(..) {
+            let Some(c) = self
+                .conns
+                .get_mut(conn.key as usize)
+                .filter(|c| c.generation == conn.generation)
+            else {
+                continue; // closed since: its entry is simply dropped
+            };
+            c.timer_filed = false;
+            match c.timer_at {
+                Some(at) if at > now => c.file_timer(&mut self.timers),
+                Some(_) if c.closing == Closing::Open => {
+                    c.timer_at = None;
+                    let (mut handle, state) =
+                        c.handle(self.worker.index, draining, now, &mut self.pool);
+                    if let Some(state) = state.as_mut() {
+                        self.handler.on_timer(state, &mut handle);
+                    }
+                    c.file_timer(&mut self.timers);
+                    after_handler(c, reason, &mut self.flush, ops, &mut self.linger);
+                }
+                Some(_) | None => c.timer_at = None,
+            }
+        }
+        self.due = due;
     }
 
     /// The earliest instant at which the engine has something to do without an event.
@@ -252,17 +295,15 @@ impl<H: Handler> Engine<H> {
         let entry = self.conns.vacant_entry();
         let key = entry.key() as u32;
         let c = entry.insert(Connection::new(fd, key, self.next_generation, self.turn));
-        let mut conn = Conn {
-            id: ConnId(key),
-            worker: self.worker.index,
-            draining: self.drain.draining(),
-            out: &mut c.out,
-            unsent: 0,
-            pool: &mut self.pool,
-            close: &mut c.close_requested,
-        };
-        c.state = Some(self.handler.on_open(&mut conn));
+        let (mut conn, state) = c.handle(
+            self.worker.index,
+            self.drain.draining(),
+            self.linger.now,
+            &mut self.pool,
+        );
+        *state = Some(self.handler.on_open(&mut conn));
         c.arm_recv(ops);
+        c.file_timer(&mut self.timers);
         after_handler(c, reason, &mut self.flush, ops, &mut self.linger);
     }
 
@@ -317,6 +358,7 @@ impl<H: Handler> Engine<H> {
         self.stats.bytes_in += data.len() as u64;
         let worker = self.worker.index;
         let draining = self.drain.draining();
+        let now = self.linger.now;
         let max_pending = self.limits.max_pending_input;
         let reason = self.close_reason();
         let Some(c) = lookup(&mut self.conns, &mut self.stats, conn) else {
@@ -330,7 +372,7 @@ impl<H: Handler> Engine<H> {
         let handler = &mut self.handler;
         let pool = &mut self.pool;
         if c.pending.is_empty() {
-            let used = deliver(handler, c, pool, worker, draining, data);
+            let used = deliver(handler, c, pool, worker, draining, now, data);
             if used < data.len() && c.close_requested != CloseRequest::AfterFlush {
                 c.pending = pool.take();
                 c.pending.extend_from_slice(&data[used..]);
@@ -338,7 +380,7 @@ impl<H: Handler> Engine<H> {
         } else {
             let mut pending = mem::take(&mut c.pending);
             pending.extend_from_slice(data);
-            let used = deliver(handler, c, pool, worker, draining, &pending);
+            let used = deliver(handler, c, pool, worker, draining, now, &pending);
             pending.drain(..used);
             if pending.is_empty() || c.close_requested == CloseRequest::AfterFlush {
                 pool.put(pending);
@@ -350,6 +392,7 @@ impl<H: Handler> Engine<H> {
             self.stats.input_limit_closes += 1;
             c.begin_close(CloseReason::InputLimit, false, ops, &mut self.linger);
         }
+        c.file_timer(&mut self.timers);
         after_handler(c, reason, &mut self.flush, ops, &mut self.linger);
     }
 
@@ -510,21 +553,14 @@ fn deliver<H: Handler>(
     pool: &mut BufPool,
     worker: usize,
     draining: bool,
+    now: Instant,
     data: &[u8],
 ) -> usize {
     let mut used = 0;
-    let Some(state) = c.state.as_mut() else {
-        return data.len();
-    };
     while used < data.len() && c.close_requested != CloseRequest::AfterFlush {
-        let mut conn = Conn {
-            id: ConnId(c.key),
-            worker,
-            draining,
-            out: &mut c.out,
-            unsent: if c.sending { c.inflight } else { 0 },
-            pool,
-            close: &mut c.close_requested,
+        let (mut conn, state) = c.handle(worker, draining, now, pool);
+        let Some(state) = state.as_mut() else {
+            return data.len();
         };
         let n = handler
             .on_data(state, &mut conn, &data[used..])

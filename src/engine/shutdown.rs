@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::{Engine, after_handler};
 use crate::drain::{Input, Phase, Steps};
-use crate::handler::{CloseReason, Conn, ConnId, Handler};
+use crate::handler::{CloseReason, Handler};
 use crate::log;
 use crate::shared::Trigger;
 use crate::stats::WorkerDrain;
@@ -185,19 +185,13 @@ impl<H: Handler> Engine<H> {
             if c.closing != Closing::Open {
                 continue;
             }
-            let Some(state) = c.state.as_mut() else {
+            let (mut conn, state) =
+                c.handle(self.worker.index, true, self.linger.now, &mut self.pool);
+            let Some(state) = state.as_mut() else {
                 continue;
             };
-            let mut conn = Conn {
-                id: ConnId(c.key),
-                worker: self.worker.index,
-                draining: true,
-                out: &mut c.out,
-                unsent: if c.sending { c.inflight } else { 0 },
-                pool: &mut self.pool,
-                close: &mut c.close_requested,
-            };
             self.handler.on_drain(state, &mut conn);
+            c.file_timer(&mut self.timers);
             after_handler(c, reason, &mut self.flush, ops, &mut self.linger);
         }
     }
