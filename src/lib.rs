@@ -83,6 +83,7 @@ mod cpu;
 mod drain;
 mod engine;
 mod handler;
+pub mod http;
 mod listener;
 mod log;
 mod server;

@@ -1,0 +1,380 @@
+//! HTTP/1.1 on the engine: a [`Handler`] that parses requests and hands each to a
+//! per-worker [`Service`].
+//!
+//! ```text
+//! bytes ─▶ head (httparse, then the RFC 9112 checks in `parse`) ─▶ body framing
+//!          (Content-Length, or the chunked decoder) ─▶ Service::call(&Request, &mut Response)
+//!          ─▶ status line, Date, Content-Length, Connection, fields, body ─▶ output
+//! ```
+//!
+//! - Keep-alive by default for HTTP/1.1, for HTTP/1.0 with `Connection: keep-alive`;
+//!   pipelined requests are answered in order.
+//! - Request bodies with `Content-Length` or `Transfer-Encoding: chunked`, up to
+//!   [`HttpConfig::max_body`]; `Expect: 100-continue` is answered before the body.
+//! - A plain GET allocates nothing: the head is parsed into a stack array, the request
+//!   borrows the connection's input, the response is written into its output buffer.
+//! - Limits, each with its own status, every error closing only its own connection:
+//!   head over [`HttpConfig::max_head`] 431, body over the limit 413, malformed 400,
+//!   ambiguous framing (Content-Length with Transfer-Encoding, differing lengths) 400,
+//!   unsupported transfer coding 501, an `Expect` other than 100-continue 417,
+//!   HTTP/2+ on this port 505, a head slower than [`HttpConfig::header_timeout`] 408.
+//!   Idle keep-alive connections close after [`HttpConfig::idle_timeout`].
+//! - During the drain every response carries `Connection: close` and its connection
+//!   closes after it (after the last of the requests already received). A connection
+//!   busy within the last [`HttpConfig::drain_busy_window`] is about to carry a request,
+//!   so it gets that long to send it; connections idle longer close at once.
+//!
+//! ```no_run
+//! use gracering::http::{Http, HttpConfig, Request, Response, Service, Status};
+//!
+//! struct Hello;
+//! impl Service for Hello {
+//!     fn call(&mut self, req: &Request<'_>, res: &mut Response<'_>) {
+//!         match req.path() {
+//!             "/" => res.text(Status::OK, "Hello, World!"),
+//!             _ => res.text(Status::NOT_FOUND, "not found"),
+//!         }
+//!     }
+//! }
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let server = gracering::Server::builder().bind()?;
+//! server.run(|_| Http::new(HttpConfig::default(), Hello))?;
+//! # Ok(()) }
+//! ```
+
+mod chunked;
+mod parse;
+mod request;
+mod response;
+
+use std::mem;
+use std::time::{Duration, Instant};
+
+use crate::handler::{Conn, Handler};
+use chunked::Chunked;
+use parse::{Framing, HeadInfo, MAX_HEADERS, check_head, parse_error};
+use response::{DateCache, write_head};
+
+pub use request::Request;
+pub use response::{Response, Status};
+
+/// A per-worker service: gets each request and writes its response.
+pub trait Service {
+    /// Answers one request. Write exactly one response with [`Response::send`] (or
+    /// [`Response::text`]); a request left unanswered gets a 500.
+    fn call(&mut self, req: &Request<'_>, res: &mut Response<'_>);
+}
+
+/// Limits and timeouts of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    max_head: usize,
+    max_body: u64,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    drain_busy_window: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            max_head: 16 * 1024,
+            max_body: 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            drain_busy_window: Duration::from_millis(200),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The largest request head (request line and header fields); larger: 431.
+    /// Default 16 KiB. Keep it under the server's `max_pending_input`.
+    pub fn max_head(mut self, bytes: usize) -> HttpConfig {
+        self.max_head = bytes.max(256);
+        self
+    }
+
+    /// The largest request body; larger: 413. Default 1 MiB.
+    pub fn max_body(mut self, bytes: u64) -> HttpConfig {
+        self.max_body = bytes;
+        self
+    }
+
+    /// How long a request head may take from its first byte, and a body between two
+    /// reads; slower: 408. Default 10 s.
+    pub fn header_timeout(mut self, timeout: Duration) -> HttpConfig {
+        self.header_timeout = timeout;
+        self
+    }
+
+    /// How long a keep-alive connection may wait for its next request. Default 60 s.
+    pub fn idle_timeout(mut self, timeout: Duration) -> HttpConfig {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// During the drain, a connection active this recently is treated as busy: it may
+    /// still send the request it is about to send, answered with `Connection: close`.
+    /// Default 200 ms.
+    pub fn drain_busy_window(mut self, window: Duration) -> HttpConfig {
+        self.drain_busy_window = window;
+        self
+    }
+}
+
+/// The HTTP [`Handler`]: one per worker, wrapping that worker's [`Service`].
+pub struct Http<S> {
+    service: S,
+    config: HttpConfig,
+    date: DateCache,
+}
+
+impl<S: Service> Http<S> {
+    /// An HTTP handler serving `service` with `config`.
+    pub fn new(config: HttpConfig, service: S) -> Http<S> {
+        Http {
+            service,
+            config,
+            date: DateCache::new(),
+        }
+    }
+}
+
+/// Where a connection is between requests.
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for the first byte of a request.
+    Idle,
+    /// Part of a head arrived.
+    Head,
+    /// The head is complete; the body is arriving.
+    Body(Box<Partial>),
+}
+
+/// A request whose body is still arriving: its head, copied, and the body so far.
+#[derive(Debug)]
+struct Partial {
+    head: Vec<u8>,
+    info: HeadInfo,
+    body: Vec<u8>,
+    decoder: BodyDecoder,
+}
+
+#[derive(Debug)]
+enum BodyDecoder {
+    Length(u64),
+    Chunked(Chunked),
+}
+
+/// Per-connection HTTP state.
+#[derive(Debug)]
+pub struct HttpConn {
+    phase: Phase,
+    last_active: Instant,
+    /// The drain reached this connection while it was busy: close after the next
+    /// response.
+    close_after: bool,
+}
+
+impl<S: Service> Handler for Http<S> {
+    type State = HttpConn;
+
+    fn on_open(&mut self, conn: &mut Conn<'_>) -> HttpConn {
+        conn.set_timer(self.config.idle_timeout);
+        HttpConn {
+            phase: Phase::Idle,
+            last_active: conn.now(),
+            close_after: false,
+        }
+    }
+
+    fn on_data(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>, data: &[u8]) -> usize {
+        if matches!(state.phase, Phase::Body(_)) {
+            return self.continue_body(state, conn, data);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let head_len = match req.parse(data) {
+            Ok(httparse::Status::Complete(n)) if n <= self.config.max_head => n,
+            Ok(httparse::Status::Complete(_)) => {
+                return self.fail(state, conn, Status::HEADERS_TOO_LARGE);
+            }
+            Ok(httparse::Status::Partial) if data.len() > self.config.max_head => {
+                return self.fail(state, conn, Status::HEADERS_TOO_LARGE);
+            }
+            Ok(httparse::Status::Partial) => {
+                if matches!(state.phase, Phase::Idle) {
+                    state.phase = Phase::Head;
+                    conn.set_timer(self.config.header_timeout);
+                }
+                return 0;
+            }
+            Err(e) => return self.fail(state, conn, parse_error(e, data)),
+        };
+        let info = match check_head(&req, self.config.max_body) {
+            Ok(info) => info,
+            Err(status) => return self.fail(state, conn, status),
+        };
+        let rest = &data[head_len..];
+        match info.framing {
+            Framing::None => {
+                self.respond(state, conn, &req, info, &[], rest.is_empty());
+                head_len
+            }
+            Framing::Length(n) if rest.len() as u64 >= n => {
+                let n = n as usize;
+                self.respond(state, conn, &req, info, &rest[..n], rest.len() == n);
+                head_len + n
+            }
+            Framing::Length(_) | Framing::Chunked => {
+                let partial = Partial {
+                    head: data[..head_len].to_vec(),
+                    info,
+                    body: Vec::new(),
+                    decoder: match info.framing {
+                        Framing::Length(n) => BodyDecoder::Length(n),
+                        Framing::None | Framing::Chunked => BodyDecoder::Chunked(Chunked::new()),
+                    },
+                };
+                state.phase = Phase::Body(Box::new(partial));
+                conn.set_timer(self.config.header_timeout);
+                if info.expect_continue && rest.is_empty() {
+                    conn.write(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                head_len.saturating_add(self.continue_body(state, conn, rest))
+            }
+        }
+    }
+
+    fn on_drain(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>) {
+        let quiet = conn.now().saturating_duration_since(state.last_active);
+        match state.phase {
+            Phase::Head | Phase::Body(_) => state.close_after = true,
+            Phase::Idle if quiet < self.config.drain_busy_window => {
+                state.close_after = true;
+                conn.set_timer(self.config.drain_busy_window - quiet);
+            }
+            Phase::Idle => conn.close_when_idle(),
+        }
+    }
+
+    fn on_timer(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>) {
+        match state.phase {
+            Phase::Idle if conn.is_draining() => conn.close_when_idle(),
+            Phase::Idle => conn.close(),
+            Phase::Head | Phase::Body(_) => {
+                self.fail(state, conn, Status::REQUEST_TIMEOUT);
+            }
+        }
+    }
+}
+
+impl<S: Service> Http<S> {
+    /// Feeds body bytes to the request waiting for them; answers it once complete.
+    fn continue_body(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>, data: &[u8]) -> usize {
+        let Phase::Body(partial) = &mut state.phase else {
+            return 0;
+        };
+        let (used, done) = match &mut partial.decoder {
+            BodyDecoder::Length(remaining) => {
+                let take = (*remaining).min(data.len() as u64) as usize;
+                partial.body.extend_from_slice(&data[..take]);
+                *remaining -= take as u64;
+                (take, *remaining == 0)
+            }
+            BodyDecoder::Chunked(decoder) => {
+                match decoder.feed(data, &mut partial.body, self.config.max_body) {
+                    Ok(progress) => progress,
+                    Err(status) => return self.fail(state, conn, status),
+                }
+            }
+        };
+        if !done {
+            if used > 0 {
+                conn.set_timer(self.config.header_timeout); // progress resets the clock
+            }
+            return used;
+        }
+        let Phase::Body(partial) = mem::replace(&mut state.phase, Phase::Idle) else {
+            return used;
+        };
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        if !matches!(req.parse(&partial.head), Ok(httparse::Status::Complete(_))) {
+            return self.fail(state, conn, Status::BAD_REQUEST);
+        }
+        self.respond(
+            state,
+            conn,
+            &req,
+            partial.info,
+            &partial.body,
+            used == data.len(),
+        );
+        used
+    }
+
+    /// Runs the service for one complete request and finishes the exchange.
+    fn respond(
+        &mut self,
+        state: &mut HttpConn,
+        conn: &mut Conn<'_>,
+        req: &httparse::Request<'_, '_>,
+        info: HeadInfo,
+        body: &[u8],
+        last_received: bool,
+    ) {
+        let request = Request {
+            method: req.method.unwrap_or(""),
+            target: req.path.unwrap_or(""),
+            minor_version: req.version.unwrap_or(1),
+            headers: req.headers,
+            body,
+        };
+        let draining = conn.is_draining();
+        let close = !info.keep_alive || (draining || state.close_after) && last_received;
+        let mut res = Response {
+            out: conn.output(),
+            date: self.date.get(),
+            close,
+            keep_alive_1_0: info.keep_alive && request.minor_version == 0,
+            head_only: request.method == "HEAD",
+            draining,
+            sent: false,
+        };
+        self.service.call(&request, &mut res);
+        if !res.sent {
+            res.text(Status::INTERNAL_ERROR, "no response");
+        }
+        state.phase = Phase::Idle;
+        state.last_active = conn.now();
+        if close {
+            conn.close();
+        } else {
+            conn.set_timer(self.config.idle_timeout);
+        }
+    }
+
+    /// Answers with an error status and closes the connection. Returns `usize::MAX`:
+    /// everything received counts as consumed (the engine caps it at what it offered)
+    /// and further input is discarded, since its framing cannot be trusted.
+    fn fail(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>, status: Status) -> usize {
+        let body = status.reason().as_bytes();
+        let out = conn.output();
+        write_head(out, status, self.date.get(), body.len(), true, false);
+        out.extend_from_slice(b"content-type: text/plain\r\n\r\n");
+        out.extend_from_slice(body);
+        state.phase = Phase::Idle;
+        conn.close();
+        usize::MAX
+    }
+}
+
+impl<S> Http<S> {
+    /// The service, for inspection.
+    pub fn service(&self) -> &S {
+        &self.service
+    }
+}

@@ -1,0 +1,301 @@
+//! Request heads: parsed by httparse, then checked against what RFC 9112 and RFC 9110
+//! say a server must reject, and turned into the body's framing.
+//!
+//! Every rejection carries the status to answer with; the connection is closed after
+//! it, since the framing of what follows can no longer be trusted.
+
+use super::Status;
+
+/// How the body of a request is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body.
+    None,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// What the head says beyond the request line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeadInfo {
+    pub framing: Framing,
+    /// The client wants the connection kept open after the response.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+}
+
+/// The most header fields a request may carry (more: 431).
+pub(crate) const MAX_HEADERS: usize = 100;
+
+/// Maps an httparse error to the status to answer with.
+pub(crate) fn parse_error(e: httparse::Error, head: &[u8]) -> Status {
+    match e {
+        httparse::Error::TooManyHeaders => Status::HEADERS_TOO_LARGE,
+        httparse::Error::Version if claims_other_version(head) => Status::VERSION_NOT_SUPPORTED,
+        _ => Status::BAD_REQUEST,
+    }
+}
+
+/// Whether the request line ends in a well-formed `HTTP/x.y` other than 1.x.
+fn claims_other_version(head: &[u8]) -> bool {
+    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let line = head[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&head[..line_end]);
+    match line.rsplit(|&b| b == b' ').next() {
+        Some([b'H', b'T', b'T', b'P', b'/', major, b'.', minor]) => {
+            major.is_ascii_digit() && minor.is_ascii_digit() && *major != b'1'
+        }
+        Some([b'H', b'T', b'T', b'P', b'/', major]) => major.is_ascii_digit() && *major != b'1',
+        _ => false,
+    }
+}
+
+/// Checks a parsed head and works out its framing.
+pub(crate) fn check_head(
+    req: &httparse::Request<'_, '_>,
+    max_body: u64,
+) -> Result<HeadInfo, Status> {
+    let minor = req.version.unwrap_or(1);
+    let method = req.method.unwrap_or("");
+    check_target(method, req.path.unwrap_or(""))?;
+    let mut hosts = 0;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut transfer_encoding = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            check_host(h.value)?;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let value = content_length(h.value)?;
+            if length.is_some_and(|l| l != value) {
+                return Err(Status::BAD_REQUEST); // differing lengths: smuggling
+            }
+            length = Some(value);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = true;
+            chunked = transfer_codings(h.value, chunked)?;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in list(h.value) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            if !h.value.eq_ignore_ascii_case(b"100-continue") {
+                return Err(Status::EXPECTATION_FAILED);
+            }
+            expect_continue = true;
+        }
+    }
+    if minor == 1 && hosts != 1 || hosts > 1 {
+        return Err(Status::BAD_REQUEST); // RFC 9112 3.2: exactly one Host in HTTP/1.1
+    }
+    let framing = match (transfer_encoding, length) {
+        (true, Some(_)) => return Err(Status::BAD_REQUEST), // both: smuggling
+        (true, None) if minor == 0 => return Err(Status::BAD_REQUEST),
+        (true, None) if !chunked => return Err(Status::BAD_REQUEST), // chunked must be last
+        (true, None) => Framing::Chunked,
+        (false, Some(n)) if n > max_body => return Err(Status::CONTENT_TOO_LARGE),
+        (false, Some(0) | None) => Framing::None,
+        (false, Some(n)) => Framing::Length(n),
+    };
+    let keep_alive = if minor == 0 {
+        keep_alive_token && !close
+    } else {
+        !close
+    };
+    Ok(HeadInfo {
+        framing,
+        keep_alive,
+        expect_continue: expect_continue && minor == 1 && framing != Framing::None,
+    })
+}
+
+/// The request target must fit the method (RFC 9112 3.2).
+fn check_target(method: &str, target: &str) -> Result<(), Status> {
+    let ok = match method {
+        "CONNECT" => !target.is_empty() && !target.starts_with('/'),
+        "OPTIONS" if target == "*" => true,
+        _ => {
+            target.starts_with('/')
+                || target.starts_with("http://")
+                || target.starts_with("https://")
+        }
+    };
+    if ok { Ok(()) } else { Err(Status::BAD_REQUEST) }
+}
+
+/// A Host value: no whitespace, no controls, no userinfo (RFC 9110 7.2).
+fn check_host(value: &[u8]) -> Result<(), Status> {
+    if value
+        .iter()
+        .any(|&b| b <= b' ' || b == 0x7f || b == b'@' || b == b'/')
+    {
+        return Err(Status::BAD_REQUEST);
+    }
+    Ok(())
+}
+
+/// A Content-Length value: digits only; a list is accepted only when every member is
+/// the same number (RFC 9110 8.6). Too large to count: 413.
+fn content_length(value: &[u8]) -> Result<u64, Status> {
+    let mut result: Option<u64> = None;
+    for member in list(value) {
+        if member.is_empty() || !member.iter().all(u8::is_ascii_digit) {
+            return Err(Status::BAD_REQUEST);
+        }
+        let n = member
+            .iter()
+            .try_fold(0u64, |acc, &d| {
+                acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+            .ok_or(Status::CONTENT_TOO_LARGE)?;
+        if result.is_some_and(|r| r != n) {
+            return Err(Status::BAD_REQUEST);
+        }
+        result = Some(n);
+    }
+    result.ok_or(Status::BAD_REQUEST)
+}
+
+/// Reads one Transfer-Encoding field. Returns whether `chunked` is now the final coding;
+/// any coding after `chunked`, a second `chunked` or an unknown coding is refused.
+fn transfer_codings(value: &[u8], mut chunked: bool) -> Result<bool, Status> {
+    let mut any = false;
+    for coding in list(value) {
+        any = true;
+        if chunked {
+            return Err(Status::BAD_REQUEST); // something after chunked, or chunked twice
+        }
+        if coding.eq_ignore_ascii_case(b"chunked") {
+            chunked = true;
+        } else {
+            return Err(Status::NOT_IMPLEMENTED); // gzip, deflate, compress, ...
+        }
+    }
+    if !any {
+        return Err(Status::BAD_REQUEST);
+    }
+    Ok(chunked)
+}
+
+/// The members of a comma-separated field value, trimmed of spaces and tabs, empty
+/// members skipped.
+fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|m| m.trim_ascii())
+        .filter(|m| !m.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(raw: &str) -> Result<HeadInfo, Status> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(raw.as_bytes()) {
+            Ok(httparse::Status::Complete(_)) => check_head(&req, 1000),
+            Ok(httparse::Status::Partial) => panic!("partial: {raw:?}"),
+            Err(e) => Err(parse_error(e, raw.as_bytes())),
+        }
+    }
+
+    #[test]
+    fn plain_get_keeps_alive() {
+        let info = check("GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(
+            info,
+            HeadInfo {
+                framing: Framing::None,
+                keep_alive: true,
+                expect_continue: false
+            }
+        );
+        assert!(
+            !check("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        assert!(!check("GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
+        assert!(
+            check("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+    }
+
+    #[test]
+    fn bodies_are_framed() {
+        let info = check("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert_eq!(info.framing, Framing::Length(5));
+        let info =
+            check("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert_eq!(info.framing, Framing::Chunked);
+        let info = check(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            info.framing,
+            Framing::Length(5),
+            "identical repeats are one length"
+        );
+        let info = check(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+        );
+        assert!(info.unwrap().expect_continue);
+    }
+
+    #[test]
+    fn smuggling_shapes_are_rejected_with_400() {
+        for raw in [
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET nopath HTTP/1.1\r\nHost: a\r\n\r\n",
+            "G@T / HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(check(raw), Err(Status::BAD_REQUEST), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn other_statuses() {
+        let te = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(check(te), Err(Status::NOT_IMPLEMENTED));
+        let big = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n";
+        assert_eq!(check(big), Err(Status::CONTENT_TOO_LARGE));
+        let huge = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n";
+        assert_eq!(check(huge), Err(Status::CONTENT_TOO_LARGE));
+        assert_eq!(
+            check("GET / HTTP/2.0\r\nHost: a\r\n\r\n"),
+            Err(Status::VERSION_NOT_SUPPORTED)
+        );
+        let expect = "PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nExpect: something\r\n\r\n";
+        assert_eq!(check(expect), Err(Status::EXPECTATION_FAILED));
+        assert!(check("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
+        assert!(check("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n").is_ok());
+    }
+}
