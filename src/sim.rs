@@ -72,7 +72,6 @@ struct PeerState {
 enum Pending {
     Sent(ConnRef, usize, OutBuf),
     RecvEnded(ConnRef, RecvEnd),
-    ShutDown(ConnRef),
     Closed(ConnRef),
     AcceptEnded(i32),
     Signal(i32),
@@ -146,7 +145,6 @@ impl Ops for Kernel {
         if let Some(p) = self.peer_of(conn) {
             p.eof = true;
         }
-        self.completions.push_back(Pending::ShutDown(conn));
     }
 
     fn close(&mut self, conn: ConnRef, _fd: RawFd) {
@@ -354,7 +352,6 @@ impl<H: Handler> Sim<H> {
                 Pending::RecvEnded(conn, why) => {
                     engine.handle(Event::RecvEnded { conn, why }, kernel)
                 }
-                Pending::ShutDown(conn) => engine.handle(Event::ShutDown { conn }, kernel),
                 Pending::Closed(conn) => engine.handle(Event::Closed { conn }, kernel),
                 Pending::AcceptEnded(errno) => engine.handle(Event::AcceptEnded { errno }, kernel),
                 Pending::Signal(signo) => engine.handle(Event::Signal { signo }, kernel),

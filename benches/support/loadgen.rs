@@ -14,14 +14,22 @@
 //! errors are counted over the whole run, so a failure during warm-up is never hidden.
 //! A broken connection is closed and not replaced.
 //!
+//! Drain-aware runs ([`Config::drain_aware`]) are for servers that stop during the run:
+//! a connection the server ends with a clean EOF while no byte of the current reply has
+//! arrived (between two messages, as seen by the client) is closed at once and counted
+//! in [`Report::eof`], not as an error; a reset or a reply cut short stays an error.
+//! [`spawn`] runs the load in the background while the caller stops the server.
+//!
 //! What is sent and what counts as a correct reply is the [`Workload`]: echo today; an
 //! HTTP mode slots in as another variant with its own `request` and `judge`.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::epoll::Epoll;
 use super::{pin, procstat};
 
 /// How often connections are checked for replies that take too long.
@@ -97,6 +105,9 @@ pub struct Config {
     pub cpu: Option<usize>,
     /// Measure this process's CPU time over the window (see [`procstat`]).
     pub server_pid: Option<u32>,
+    /// The server is expected to end connections during the run (it drains): a clean
+    /// EOF between two messages ends that connection without counting as an error.
+    pub drain_aware: bool,
 }
 
 impl Config {
@@ -112,6 +123,7 @@ impl Config {
             timeout: Duration::from_secs(5),
             cpu: None,
             server_pid: None,
+            drain_aware: false,
         }
     }
 }
@@ -127,14 +139,22 @@ pub struct Report {
     pub connect_errors: u64,
     /// Connections broken by an I/O error: reset, broken pipe, and the like.
     pub resets: u64,
-    /// Replies that did not match, or were cut short by the peer closing.
+    /// Replies that did not match, or were cut short by the peer closing. Without
+    /// [`Config::drain_aware`], any EOF from the server counts here.
     pub invalid: u64,
+    /// Connections the server ended with a clean EOF between two messages (drain-aware
+    /// runs only); not an error.
+    pub eof: u64,
     /// Connections that waited longer than the timeout for a reply.
     pub timeouts: u64,
     /// The server's CPU time over the window, if a server PID was given.
     pub server_cpu_secs: Option<f64>,
     /// The load generator thread's own CPU time over the window.
     pub client_cpu_secs: f64,
+    /// When the first connection saw a clean EOF (drain-aware runs).
+    pub first_eof: Option<Instant>,
+    /// When the last connection was closed, whatever the cause.
+    pub last_close: Option<Instant>,
 }
 
 impl Report {
@@ -160,6 +180,13 @@ impl Report {
 
 /// Runs the load on a thread of its own (pinned if asked) and waits for its report.
 pub fn run(cfg: &Config) -> io::Result<Report> {
+    join(spawn(cfg)?)
+}
+
+/// Starts the load on a thread of its own (pinned if asked); [`join`] gives its report.
+/// The run ends by itself (see the module docs), so joining is bounded by the
+/// configuration's times.
+pub fn spawn(cfg: &Config) -> io::Result<JoinHandle<io::Result<Report>>> {
     let cfg = cfg.clone();
     std::thread::Builder::new()
         .name("loadgen".into())
@@ -168,7 +195,12 @@ pub fn run(cfg: &Config) -> io::Result<Report> {
                 pin::pin_current_thread(cpu)?;
             }
             Driver::new(&cfg)?.run()
-        })?
+        })
+}
+
+/// Waits for a load started with [`spawn`] and returns its report.
+pub fn join(handle: JoinHandle<io::Result<Report>>) -> io::Result<Report> {
+    handle
         .join()
         .map_err(|_| io::Error::other("load generator thread panicked"))?
 }
@@ -278,13 +310,17 @@ impl<'a> Driver<'a> {
         let Some(conn) = self.conns[token].as_mut() else {
             return;
         };
-        match conn.on_ready(&self.epoll, &self.cfg.workload, self.now) {
+        match conn.on_ready(&self.epoll, self.cfg, self.now) {
             Ok(false) => {}
             Ok(true) => self.count_message(),
             Err(fault) => {
                 match fault {
                     Fault::Reset => self.report.resets += 1,
                     Fault::Invalid => self.report.invalid += 1,
+                    Fault::Eof => {
+                        self.report.eof += 1;
+                        self.report.first_eof.get_or_insert_with(Instant::now);
+                    }
                 }
                 self.close(token);
             }
@@ -313,6 +349,7 @@ impl<'a> Driver<'a> {
         // Dropping the socket closes it, which also removes it from the epoll set.
         if self.conns[token].take().is_some() {
             self.live -= 1;
+            self.report.last_close = Some(Instant::now());
         }
     }
 
@@ -335,6 +372,8 @@ impl<'a> Driver<'a> {
 enum Fault {
     Reset,
     Invalid,
+    /// A clean EOF between two messages, in a drain-aware run.
+    Eof,
 }
 
 /// One client connection and its message in flight.
@@ -381,11 +420,12 @@ impl Conn {
 
     /// Makes whatever progress the socket allows; true when a message completed.
     /// Level-triggered epoll reports the socket again if anything is left to do.
-    fn on_ready(&mut self, ep: &Epoll, w: &Workload, now: Instant) -> Result<bool, Fault> {
+    fn on_ready(&mut self, ep: &Epoll, cfg: &Config, now: Instant) -> Result<bool, Fault> {
+        let w = &cfg.workload;
         if self.sent < self.req.len() {
             self.flush(ep)?;
         }
-        if !self.receive(w)? {
+        if !self.receive(w, cfg.drain_aware)? {
             return Ok(false);
         }
         self.seq += 1;
@@ -409,12 +449,14 @@ impl Conn {
     }
 
     /// Reads until the reply is complete or the socket is empty; true when complete.
-    fn receive(&mut self, w: &Workload) -> Result<bool, Fault> {
+    /// An EOF is an error unless `drain_aware` and no byte of the reply has come yet.
+    fn receive(&mut self, w: &Workload, drain_aware: bool) -> Result<bool, Fault> {
         loop {
             if self.got == self.reply.len() {
                 return Err(Fault::Invalid);
             }
             match self.stream.read(&mut self.reply[self.got..]) {
+                Ok(0) if drain_aware && self.got == 0 => return Err(Fault::Eof),
                 Ok(0) => return Err(Fault::Invalid),
                 Ok(n) => self.got += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -438,54 +480,5 @@ impl Conn {
             self.want_out = on;
         }
         Ok(())
-    }
-}
-
-/// A minimal epoll set: the token of each registration is stored in the event itself.
-struct Epoll {
-    fd: OwnedFd,
-}
-
-impl Epoll {
-    fn new() -> io::Result<Epoll> {
-        // SAFETY: plain system call with a valid flag; the result is checked below.
-        let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Epoll { fd })
-    }
-
-    fn add(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, token, events)
-    }
-
-    fn modify(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, token, events)
-    }
-
-    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events, u64: token };
-        // SAFETY: `ev` is a valid event for the duration of the call; the kernel copies it.
-        check(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) }).map(drop)
-    }
-
-    /// Waits up to `timeout_ms` for events; an interrupted wait reports none.
-    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
-        let (ptr, max) = (events.as_mut_ptr(), events.len() as libc::c_int);
-        // SAFETY: the kernel writes at most `max` events into `events`, which holds `max`.
-        match check(unsafe { libc::epoll_wait(self.fd.as_raw_fd(), ptr, max, timeout_ms) }) {
-            Ok(n) => Ok(n as usize),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// Turns a -1 from a system call into the `errno` error.
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
     }
 }

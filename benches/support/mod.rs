@@ -3,8 +3,13 @@
 //! - [`pin`]: pin a thread, or a child process from its start, to one CPU.
 //! - [`procstat`]: another process's CPU time, read from `/proc`.
 //! - [`loadgen`]: the closed-loop TCP load generator (echo now; room for HTTP).
+//! - [`epoll`]: the minimal epoll set both client sides use.
+//! - [`idle`]: idle connections held open in epoll, reporting how each one ended.
+//! - [`stats`]: medians and percentiles over runs.
 //! - [`ServerProcess`] (here): a server under test run as a pinned child process that
-//!   prints the address it listens on; killed (by its PID only) when done with.
+//!   prints the address it listens on; killed (by its PID only) when done with, or
+//!   asked to stop with SIGTERM and timed until it exits ([`ServerProcess::terminate`]).
+//! - [`run_pinned`] (here): runs a pinned child to its end, with a time limit.
 //!
 //! A typical run: start the server on CPU 0, run the load from CPU 1 with
 //! `server_pid` set so the report carries the server's CPU time, then kill the server.
@@ -12,22 +17,50 @@
 // Every bench binary compiles this whole tree but uses only part of it.
 #![allow(dead_code)]
 
+pub mod epoll;
+pub mod idle;
 pub mod loadgen;
 pub mod pin;
 pub mod procstat;
+pub mod stats;
 
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long the helper thread reading a child's stderr may take to finish once the
+/// child has exited.
+const STDERR_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A server under test, running as our child process.
 pub struct ServerProcess {
     child: Option<Child>,
     pid: u32,
     addr: SocketAddr,
+    /// Everything the child wrote on stderr, once it closed it (when captured).
+    stderr: Option<mpsc::Receiver<String>>,
+}
+
+/// How a child ended after [`ServerProcess::terminate`].
+#[derive(Debug)]
+pub struct Exit {
+    pub status: ExitStatus,
+    /// When SIGTERM was sent (just before the `kill` call).
+    pub signalled_at: Instant,
+    /// From just before the `kill` call until the child had exited, or until the time
+    /// limit if it had to be killed.
+    pub after: Duration,
+    /// The child did not exit in time and was killed with SIGKILL.
+    pub killed: bool,
+    /// CPU time the child used from just before the signal until it exited (all its
+    /// threads, including kernel work done on their behalf), if it could be read.
+    pub cpu: Option<Duration>,
+    /// The child's stderr, if it was captured (see [`ServerProcess::start_capturing`]).
+    pub stderr: String,
 }
 
 impl ServerProcess {
@@ -38,7 +71,20 @@ impl ServerProcess {
     /// thread that outlives them (`main`). This adds pre-exec hooks to `cmd`: build a
     /// fresh `Command` for every start.
     pub fn start(cmd: &mut Command, cpu: usize, timeout: Duration) -> io::Result<Self> {
+        Self::spawn(cmd, cpu, timeout, false)
+    }
+
+    /// Like [`start`](Self::start), and collects the child's stderr instead of passing it
+    /// through; [`terminate`](Self::terminate) returns it.
+    pub fn start_capturing(cmd: &mut Command, cpu: usize, timeout: Duration) -> io::Result<Self> {
+        Self::spawn(cmd, cpu, timeout, true)
+    }
+
+    fn spawn(cmd: &mut Command, cpu: usize, timeout: Duration, capture: bool) -> io::Result<Self> {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        if capture {
+            cmd.stderr(Stdio::piped());
+        }
         // SAFETY: runs in the forked child before `exec`; `prctl` is a single system
         // call with integer arguments, async-signal-safe, and `last_os_error` only reads
         // `errno` without allocating.
@@ -46,12 +92,14 @@ impl ServerProcess {
         let mut child = pin::spawn_pinned(cmd, cpu)?;
         let pid = child.id();
         let stdout = child.stdout.take().expect("stdout was piped");
+        let stderr = child.stderr.take().map(collect);
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || drain_stdout(BufReader::new(stdout), tx));
         let mut server = ServerProcess {
             child: Some(child),
             pid,
             addr: ([0; 4], 0).into(),
+            stderr,
         };
         server.addr = rx.recv_timeout(timeout).map_err(|e| no_addr(cmd, e))?;
         Ok(server)
@@ -72,6 +120,57 @@ impl ServerProcess {
         let killed = child.kill();
         let status = child.wait();
         killed.and(status)
+    }
+
+    /// Sends SIGTERM to this child (by its PID, nothing else) and waits up to `timeout`
+    /// for it to exit, timing from the `kill` call to the exit as the kernel reports it
+    /// (a pidfd turning readable, so no polling interval adds to the figure). A child
+    /// still running at the limit is killed with SIGKILL and reaped.
+    pub fn terminate(mut self, timeout: Duration) -> io::Result<Exit> {
+        let mut child = self.child.take().expect("child is present until stopped");
+        // Opened before the signal: the child is ours and not yet reaped, so the PID
+        // cannot have been reused.
+        let pidfd = match pidfd_open(self.pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+        let cpu_before = procstat::cpu_nanos(self.pid).ok();
+        let signalled_at = Instant::now();
+        // SAFETY: `kill` takes plain integers; the PID is our own unreaped child's.
+        if unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) } != 0 {
+            let err = io::Error::last_os_error();
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(err);
+        }
+        let exited = wait_readable(&pidfd, signalled_at + timeout)?;
+        let after = signalled_at.elapsed();
+        let killed = !exited;
+        if killed {
+            let _ = child.kill();
+        }
+        // Reaped here rather than by `child.wait()`, for the resource usage; `child` is
+        // then only dropped, which neither kills nor waits.
+        let (status, cpu_total) = reap(self.pid)?;
+        drop(child);
+        let cpu = cpu_before.map(|ns| cpu_total.saturating_sub(Duration::from_nanos(ns)));
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|rx| rx.recv_timeout(STDERR_TIMEOUT).ok())
+            .unwrap_or_default();
+        Ok(Exit {
+            status,
+            signalled_at,
+            after,
+            killed,
+            cpu,
+            stderr,
+        })
     }
 }
 
@@ -101,6 +200,118 @@ fn drain_stdout(mut out: BufReader<std::process::ChildStdout>, tx: mpsc::Sender<
             sent = tx.send(addr).is_ok();
         }
         line.clear();
+    }
+}
+
+/// What a child run by [`run_pinned`] left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` pinned to `cpu` (see [`pin::spawn_pinned`]) to its end and returns its
+/// output. A child still running after `timeout` is killed (by its PID) and that is an
+/// error. Like [`ServerProcess::start`], the child dies with the spawning thread.
+pub fn run_pinned(cmd: &mut Command, cpu: usize, timeout: Duration) -> io::Result<Finished> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: as in `ServerProcess::start`: one async-signal-safe system call.
+    unsafe { cmd.pre_exec(die_with_parent) };
+    let mut child = pin::spawn_pinned(cmd, cpu)?;
+    let stdout = child.stdout.take().map(collect);
+    let stderr = child.stderr.take().map(collect);
+    let pidfd = pidfd_open(child.id());
+    let exited = pidfd.and_then(|fd| wait_readable(&fd, Instant::now() + timeout));
+    if !matches!(exited, Ok(true)) {
+        let _ = child.kill();
+    }
+    let status = child.wait()?;
+    if !exited? {
+        let program = cmd.get_program();
+        return Err(io::Error::other(format!(
+            "{program:?} ran over {timeout:?}"
+        )));
+    }
+    let text = |rx: Option<mpsc::Receiver<String>>| {
+        rx.and_then(|rx| rx.recv_timeout(STDERR_TIMEOUT).ok())
+            .unwrap_or_default()
+    };
+    Ok(Finished {
+        status,
+        stdout: text(stdout),
+        stderr: text(stderr),
+    })
+}
+
+/// Waits for our child `pid` to end and reaps it; returns its status and the CPU time
+/// (user + system) it used in all.
+fn reap(pid: u32) -> io::Result<(ExitStatus, Duration)> {
+    let mut status = 0;
+    // SAFETY: `rusage` is plain data, valid when zeroed.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `status` and `usage` are valid, writable, and live through the call.
+        let ret = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+        if ret >= 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    let cpu = time(usage.ru_utime) + time(usage.ru_stime);
+    Ok((ExitStatus::from_raw(status), cpu))
+}
+
+/// Reads `pipe` to its end on a helper thread; the text arrives on the channel.
+fn collect(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = tx.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    rx
+}
+
+/// A pidfd for `pid`: it turns readable when the process exits.
+fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: `pidfd_open(pid, flags)` takes plain integers and touches no memory.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Waits until `fd` is readable (true) or `deadline` passes (false).
+fn wait_readable(fd: &OwnedFd, deadline: Instant) -> io::Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid, writable pollfd, and we pass a count of 1.
+        match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            n if n > 0 => return Ok(true),
+            0 if Instant::now() >= deadline => return Ok(false),
+            0 => {}
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
     }
 }
 

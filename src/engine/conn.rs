@@ -13,8 +13,9 @@
 //!                        into a reset
 //! ```
 //!
-//! A peer that already sent FIN skips the linger; an abort (reset, error, forced drain)
-//! goes straight to `Now`, cancelling what is in flight.
+//! A peer that already sent FIN, or that has been silent for at least the linger time,
+//! skips the linger (the close itself sends the FIN); an abort (reset, error, forced
+//! drain) goes straight to `Now`, cancelling what is in flight.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -100,7 +101,6 @@ pub(crate) struct Connection<S> {
     /// Bytes of the send in flight still unacknowledged; meaningful while `sending`.
     pub inflight: usize,
     pub sending: bool,
-    pub shutdown_inflight: bool,
     pub recv: Recv,
     /// The peer sent FIN: nothing more to read.
     pub read_done: bool,
@@ -121,14 +121,22 @@ pub(crate) struct Connection<S> {
     pub aborted: bool,
     /// The loop turn in which the connection was accepted.
     pub born_turn: u64,
+    /// When bytes last arrived (or the connection was accepted).
+    pub last_input: Instant,
     /// When the handler's timer fires, if set.
     pub timer_at: Option<Instant>,
-    /// Whether the timer wheel holds an entry for this connection.
-    pub timer_filed: bool,
+    /// The earliest deadline at which the timer wheel holds an entry for this connection.
+    pub timer_filed: Option<Instant>,
 }
 
 impl<S> Connection<S> {
-    pub fn new(fd: RawFd, key: u32, generation: u32, born_turn: u64) -> Connection<S> {
+    pub fn new(
+        fd: RawFd,
+        key: u32,
+        generation: u32,
+        born_turn: u64,
+        now: Instant,
+    ) -> Connection<S> {
         Connection {
             fd,
             key,
@@ -138,7 +146,6 @@ impl<S> Connection<S> {
             pending: Vec::new(),
             inflight: 0,
             sending: false,
-            shutdown_inflight: false,
             recv: Recv::Off,
             read_done: false,
             input_queued: false,
@@ -150,8 +157,9 @@ impl<S> Connection<S> {
             idle_at_drain: None,
             aborted: false,
             born_turn,
+            last_input: now,
             timer_at: None,
-            timer_filed: false,
+            timer_filed: None,
         }
     }
 
@@ -178,11 +186,14 @@ impl<S> Connection<S> {
         (conn, &mut self.state)
     }
 
-    /// Files the handler's timer in the wheel if it is set and not filed yet.
+    /// Files the handler's timer in the wheel unless an entry at or before its deadline
+    /// is already there (a later deadline is re-filed when that entry comes due).
     pub fn file_timer(&mut self, wheel: &mut Wheel) {
-        if let (Some(at), false) = (self.timer_at, self.timer_filed) {
+        if let Some(at) = self.timer_at
+            && self.timer_filed.is_none_or(|filed| at < filed)
+        {
             wheel.insert(at, self.conn_ref());
-            self.timer_filed = true;
+            self.timer_filed = Some(at);
         }
     }
 
@@ -274,12 +285,14 @@ impl<S> Connection<S> {
             && !self.sending
             && self.out.is_empty()
         {
-            if self.read_done {
+            let silent = linger.now.saturating_duration_since(self.last_input);
+            if self.read_done || silent >= linger.time {
+                // The peer sent FIN, or has been silent for a whole linger already: no
+                // byte of it is on the way, so the close itself sends a clean FIN.
                 self.closing = Closing::Now(reason);
             } else {
                 self.closing = Closing::Lingering(reason);
                 ops.shutdown_write(self.conn_ref(), self.fd);
-                self.shutdown_inflight = true;
                 linger
                     .queue
                     .push_back((linger.now + linger.time, self.conn_ref()));
@@ -288,7 +301,7 @@ impl<S> Connection<S> {
         }
         if let Closing::Now(reason) = self.closing {
             self.cancel_recv(ops);
-            if !self.sending && !self.shutdown_inflight && self.recv == Recv::Off {
+            if !self.sending && self.recv == Recv::Off {
                 ops.close(self.conn_ref(), self.fd);
                 self.closing = Closing::Submitted(reason);
             }

@@ -179,7 +179,9 @@ impl<H: Handler> Engine<H> {
             else {
                 continue; // closed since: its entry is simply dropped
             };
-            c.timer_filed = false;
+            if c.timer_filed.is_some_and(|filed| filed <= now) {
+                c.timer_filed = None; // the earliest entry came due (later ones may remain)
+            }
             match c.timer_at {
                 Some(at) if at > now => c.file_timer(&mut self.timers),
                 Some(_) if c.closing == Closing::Open => {
@@ -207,6 +209,7 @@ impl<H: Handler> Engine<H> {
             self.acceptor.retry_at,
             self.linger.next_deadline(),
             self.drain.next_deadline(),
+            self.timers.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -221,7 +224,6 @@ impl<H: Handler> Engine<H> {
             Event::Received { conn, data, queued } => self.on_received(conn, data, queued, ops),
             Event::RecvEnded { conn, why } => self.on_recv_ended(conn, why, ops),
             Event::Sent { conn, result, buf } => self.on_sent(conn, result, buf, ops),
-            Event::ShutDown { conn } => self.on_shut_down(conn, ops),
             Event::Closed { conn } => self.on_closed(conn, ops),
             Event::Signal { signo } => self.on_signal(signo, ops),
             Event::Wake => self.sync_drain(ops),
@@ -294,7 +296,13 @@ impl<H: Handler> Engine<H> {
         self.next_generation = (self.next_generation + 1) & GEN_MASK;
         let entry = self.conns.vacant_entry();
         let key = entry.key() as u32;
-        let c = entry.insert(Connection::new(fd, key, self.next_generation, self.turn));
+        let c = entry.insert(Connection::new(
+            fd,
+            key,
+            self.next_generation,
+            self.turn,
+            self.linger.now,
+        ));
         let (mut conn, state) = c.handle(
             self.worker.index,
             self.drain.draining(),
@@ -366,6 +374,7 @@ impl<H: Handler> Engine<H> {
         };
         c.input_queued = queued;
         c.quiet_since = None;
+        c.last_input = now;
         if c.closing != Closing::Open || c.close_requested == CloseRequest::AfterFlush {
             return; // closing: input is read only so that the close does not reset
         }
@@ -457,14 +466,6 @@ impl<H: Handler> Engine<H> {
         if c.check_pressure(self.limits.max_unsent, ops) {
             self.stats.reads_paused += 1;
         }
-        c.advance_close(ops, &mut self.linger);
-    }
-
-    fn on_shut_down(&mut self, conn: ConnRef, ops: &mut impl Ops) {
-        let Some(c) = lookup(&mut self.conns, &mut self.stats, conn) else {
-            return;
-        };
-        c.shutdown_inflight = false;
         c.advance_close(ops, &mut self.linger);
     }
 

@@ -384,7 +384,6 @@ fn handler_close_flushes_then_sends_fin_then_lingers_until_eof() {
         vec![Op::Shutdown(c)],
         "FIN once flushed; the receive stays armed"
     );
-    t.engine.handle(Event::ShutDown { conn: c }, &mut t.rec);
     t.recv(c, b"still discarded while lingering\n");
     assert_eq!(t.rec.take(), vec![]);
     t.engine.handle(
@@ -418,7 +417,6 @@ fn linger_ends_at_its_deadline_when_the_peer_stays_silent() {
     t.turn();
     t.sent(c, None);
     assert_eq!(t.turn(), vec![Op::Shutdown(c)]);
-    t.engine.handle(Event::ShutDown { conn: c }, &mut t.rec);
     assert_eq!(
         t.engine.next_deadline(),
         Some(start + Duration::from_millis(50))
@@ -581,7 +579,6 @@ fn sigterm_drains_in_order_and_serves_the_backlog() {
     t.engine.begin_turn(Instant::now(), &mut t.rec);
     assert_eq!(t.turn(), vec![Op::Shutdown(backlog)], "served, then FIN");
     for c in [busy, idle, backlog] {
-        t.engine.handle(Event::ShutDown { conn: c }, &mut t.rec);
         t.engine.handle(
             Event::RecvEnded {
                 conn: c,

@@ -81,8 +81,6 @@ pub(crate) enum Event<'a> {
         result: Result<usize, i32>,
         buf: OutBuf,
     },
-    /// The write side of the connection is shut down (FIN sent, or the attempt failed).
-    ShutDown { conn: ConnRef },
     /// The connection's descriptor is closed; no operation of it is in flight any more.
     Closed { conn: ConnRef },
     /// A shutdown signal (SIGTERM or SIGINT) was read from the signalfd.
@@ -104,7 +102,9 @@ pub(crate) trait Ops {
     fn cancel_recv(&mut self, conn: ConnRef);
     /// Cancel the connection's send; its [`Event::Sent`] follows.
     fn cancel_send(&mut self, conn: ConnRef);
-    /// Shut down the write side (send FIN); [`Event::ShutDown`] follows.
+    /// Shut down the write side (send FIN) now. Synchronous: a TCP shutdown does not
+    /// block, and io_uring's IORING_OP_SHUTDOWN always goes through a kernel worker
+    /// thread, which costs a thread hand-off per connection.
     fn shutdown_write(&mut self, conn: ConnRef, fd: RawFd);
     /// Close the descriptor; [`Event::Closed`] follows. Only issued with no op in flight.
     fn close(&mut self, conn: ConnRef, fd: RawFd);

@@ -323,7 +323,6 @@ impl Io<'_> {
                 };
                 engine.handle(Event::Sent { conn, result, buf }, ops);
             }
-            Kind::Shutdown => engine.handle(Event::ShutDown { conn }, ops),
             Kind::Close => engine.handle(Event::Closed { conn }, ops),
             Kind::Cancel => {}
             Kind::Signal => {

@@ -124,9 +124,13 @@ impl Ops for SqOps<'_, '_> {
         self.push(entry.user_data(encode(Kind::Cancel, conn)));
     }
 
-    fn shutdown_write(&mut self, conn: ConnRef, fd: RawFd) {
-        let entry = opcode::Shutdown::new(Fd(fd), libc::SHUT_WR).build();
-        self.push(entry.user_data(encode(Kind::Shutdown, conn)));
+    fn shutdown_write(&mut self, _conn: ConnRef, fd: RawFd) {
+        // SAFETY: shutdown on a socket descriptor this worker owns (the connection's slot
+        // keeps it open until its close completes). Errors (ENOTCONN after a reset) only
+        // mean there is nothing left to shut down.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_WR);
+        }
     }
 
     fn close(&mut self, conn: ConnRef, fd: RawFd) {

@@ -28,7 +28,6 @@ pub(crate) enum Kind {
     Wake = 8,
     /// A MSG_RING this ring sent that failed (successes post nothing here).
     MsgRing = 9,
-    Shutdown = 10,
 }
 
 impl Kind {
@@ -43,7 +42,6 @@ impl Kind {
             7 => Kind::WakeRead,
             8 => Kind::Wake,
             9 => Kind::MsgRing,
-            10 => Kind::Shutdown,
             _ => return None,
         })
     }

@@ -1,0 +1,454 @@
+//! HTTP/1.1 end to end: raw sockets for the exact bytes, curl and ureq as independent
+//! clients, and the http example as a child process for the drain.
+
+mod support;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gracering::Server;
+use gracering::http::{Http, HttpConfig, Request, Response, Service, Status};
+use support::*;
+
+/// `/echo` answers with the request body; anything else with "method path".
+struct Test;
+
+impl Service for Test {
+    fn call(&mut self, req: &Request<'_>, res: &mut Response<'_>) {
+        match req.path() {
+            "/echo" => res.send(Status::OK, &[], req.body()),
+            "/readyz" if res.is_draining() => res.text(Status::SERVICE_UNAVAILABLE, "draining"),
+            _ => res.text(Status::OK, &format!("{} {}", req.method(), req.target())),
+        }
+    }
+}
+
+fn serve(config: HttpConfig) -> SocketAddr {
+    let server = Server::builder()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .workers(2)
+        .handle_signals(false)
+        .bind()
+        .unwrap();
+    let addr = server.local_addr();
+    thread::spawn(move || server.run(|_| Http::new(config.clone(), Test)));
+    addr
+}
+
+/// One parsed response: status, lower-cased header lines, body.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<String>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        let prefix = format!("{name}: ");
+        self.headers.iter().find_map(|h| h.strip_prefix(&prefix))
+    }
+}
+
+/// Reads one response (Content-Length framed) from a buffered stream.
+fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(ErrorKind::UnexpectedEof.into());
+    }
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        let h = h.trim_end().to_ascii_lowercase();
+        if h.is_empty() {
+            break;
+        }
+        headers.push(h);
+    }
+    let len: usize = headers
+        .iter()
+        .find_map(|h| h.strip_prefix("content-length: "))
+        .map_or(0, |v| v.parse().unwrap());
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn client(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let s = connect(addr);
+    let r = BufReader::new(s.try_clone().unwrap());
+    (s, r)
+}
+
+/// Sends raw bytes on a fresh connection; returns the response and whether the server
+/// then closed the connection cleanly.
+fn exchange(addr: SocketAddr, raw: &[u8]) -> (Resp, bool) {
+    let (mut s, mut r) = client(addr);
+    s.write_all(raw).unwrap();
+    let resp = read_response(&mut r).unwrap();
+    let mut rest = Vec::new();
+    let closed = r.read_to_end(&mut rest).is_ok() && rest.is_empty();
+    (resp, closed)
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let addr = serve(HttpConfig::default());
+    let (mut s, mut r) = client(addr);
+    for i in 0..5 {
+        write!(s, "GET /n{i} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let resp = read_response(&mut r).unwrap();
+        assert_eq!(
+            (resp.status, resp.body.as_slice()),
+            (200, format!("GET /n{i}").as_bytes())
+        );
+        assert!(
+            resp.header("date").is_some_and(|d| d.ends_with("gmt")),
+            "{resp:?}"
+        );
+        assert_eq!(resp.header("connection"), None);
+    }
+}
+
+#[test]
+fn http_1_0_closes_unless_asked_to_keep_alive() {
+    let addr = serve(HttpConfig::default());
+    let (resp, closed) = exchange(addr, b"GET /a HTTP/1.0\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    assert!(closed);
+    let (mut s, mut r) = client(addr);
+    for _ in 0..2 {
+        s.write_all(b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let resp = read_response(&mut r).unwrap();
+        assert_eq!(resp.header("connection"), Some("keep-alive"));
+    }
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let addr = serve(HttpConfig::default());
+    let (mut s, mut r) = client(addr);
+    let mut batch = Vec::new();
+    for i in 0..16 {
+        write!(batch, "GET /p{i} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    }
+    batch.extend_from_slice(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    s.write_all(&batch).unwrap();
+    for i in 0..16 {
+        assert_eq!(
+            read_response(&mut r).unwrap().body,
+            format!("GET /p{i}").as_bytes()
+        );
+    }
+    assert_eq!(read_response(&mut r).unwrap().body, b"hello");
+}
+
+#[test]
+fn content_length_and_chunked_bodies_arrive_whole() {
+    let addr = serve(HttpConfig::default());
+    let (mut s, mut r) = client(addr);
+    let mut payload = vec![0u8; 300_000];
+    Rng::new(5).fill(&mut payload);
+    write!(
+        s,
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        payload.len()
+    )
+    .unwrap();
+    s.write_all(&payload).unwrap();
+    assert!(read_response(&mut r).unwrap().body == payload);
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    for chunk in payload.chunks(70_000) {
+        write!(s, "{:x};ext=1\r\n", chunk.len()).unwrap();
+        s.write_all(chunk).unwrap();
+        s.write_all(b"\r\n").unwrap();
+    }
+    s.write_all(b"0\r\nX-Trailer: yes\r\n\r\n").unwrap();
+    assert!(read_response(&mut r).unwrap().body == payload);
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let addr = serve(HttpConfig::default());
+    let (mut s, mut r) = client(addr);
+    s.write_all(
+        b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+    r.read_line(&mut line).unwrap();
+    s.write_all(b"body").unwrap();
+    assert_eq!(read_response(&mut r).unwrap().body, b"body");
+}
+
+#[test]
+fn each_limit_answers_with_its_status_and_closes_only_that_connection() {
+    let config = HttpConfig::default().max_body(1000);
+    let addr = serve(config);
+    let (mut bystander, mut bystander_r) = client(addr);
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(17 * 1024)
+    );
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("head over 16 KiB", big_head.into_bytes(), 431),
+        ("body over the limit", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n".to_vec(), 413),
+        ("malformed request line", b"GET /x HTTP/1.1 extra\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("bare garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(), 400),
+        ("CL and TE", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 400),
+        ("two lengths", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(), 400),
+        ("unknown coding", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 501),
+        ("no Host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
+        ("space before colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n".to_vec(), 400),
+        ("bad chunk", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(), 400),
+        ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), 505),
+    ];
+    for (what, raw, status) in cases {
+        let (resp, closed) = exchange(addr, &raw);
+        assert_eq!(resp.status, status, "{what}");
+        assert_eq!(resp.header("connection"), Some("close"), "{what}");
+        assert!(closed, "{what}: connection not closed cleanly");
+    }
+    bystander
+        .write_all(b"GET /still-here HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_response(&mut bystander_r).unwrap().body,
+        b"GET /still-here"
+    );
+}
+
+#[test]
+fn a_client_uploading_10_mb_reads_the_whole_413() {
+    let addr = serve(HttpConfig::default());
+    let (mut s, mut r) = client(addr);
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let uploader = thread::spawn(move || {
+        let chunk = vec![b'u'; 64 * 1024];
+        let mut sent = 0;
+        while sent < 10_000_000 {
+            if w.write_all(&chunk).is_err() {
+                break; // the server may stop reading once it answered
+            }
+            sent += chunk.len();
+        }
+    });
+    let resp = read_response(&mut r).expect("the 413 arrives whole, not destroyed by a reset");
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.body, b"Content Too Large");
+    uploader.join().unwrap();
+}
+
+#[test]
+fn a_slow_head_gets_408_after_the_header_timeout() {
+    let addr = serve(HttpConfig::default().header_timeout(Duration::from_millis(300)));
+    let (mut s, mut r) = client(addr);
+    let start = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    let resp = read_response(&mut r).unwrap();
+    let took = start.elapsed();
+    assert_eq!(resp.status, 408);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1000),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn idle_keep_alive_connections_close_after_the_idle_timeout() {
+    let addr = serve(HttpConfig::default().idle_timeout(Duration::from_millis(300)));
+    let (mut s, mut r) = client(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    read_response(&mut r).unwrap();
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).expect("a clean close");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_millis(1000),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn curl_keep_alive_chunked_upload_and_100_continue() {
+    let Ok(out) = Command::new("curl").arg("--version").output() else {
+        panic!("curl is required for this test (.ci/run installs it)");
+    };
+    assert!(out.status.success());
+    let addr = serve(HttpConfig::default());
+    let url = |p: &str| format!("http://{addr}{p}");
+    let out = Command::new("curl")
+        .args(["-sv", &url("/a"), &url("/b")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "GET /aGET /b");
+    assert!(
+        stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing"),
+        "{stderr}"
+    );
+    let body = "x".repeat(200_000);
+    let file = std::env::temp_dir().join(format!("gracering-upload-{}", std::process::id()));
+    std::fs::write(&file, &body).unwrap();
+    let at_file = format!("@{}", file.display());
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &at_file,
+            &url("/echo"),
+        ])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(out.stdout == body.as_bytes(), "chunked upload echoed");
+    let out = Command::new("curl")
+        .args([
+            "-sv",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            "hello",
+            &url("/echo"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"hello");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP/1.1 100 Continue"));
+}
+
+#[test]
+fn ureq_as_an_independent_client() {
+    let addr = serve(HttpConfig::default());
+    let agent = ureq::Agent::new_with_defaults();
+    for i in 0..3 {
+        let mut resp = agent.get(&format!("http://{addr}/u{i}")).call().unwrap();
+        assert_eq!(
+            resp.body_mut().read_to_string().unwrap(),
+            format!("GET /u{i}")
+        );
+    }
+    let payload = "y".repeat(100_000);
+    let mut resp = agent
+        .post(&format!("http://{addr}/echo"))
+        .send(payload.as_str())
+        .unwrap();
+    assert_eq!(resp.body_mut().read_to_string().unwrap(), payload);
+    let chunked = std::io::Cursor::new(payload.clone().into_bytes());
+    let mut resp = agent
+        .post(&format!("http://{addr}/echo"))
+        .send(ureq::SendBody::from_reader(&mut chunked.clone()))
+        .unwrap();
+    assert_eq!(resp.body_mut().read_to_string().unwrap(), payload);
+}
+
+#[test]
+fn readyz_fails_from_the_first_instant_of_the_drain_and_responses_close() {
+    let mut server = spawn_example(
+        "http",
+        &["--workers", "1", "--drain-delay", "500ms"],
+        |_| {},
+    );
+    let (mut s, mut r) = client(server.addr);
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut r).unwrap().status, 200);
+    server.signal(libc::SIGTERM);
+    thread::sleep(Duration::from_millis(50));
+    // New connections are still accepted during the readiness delay, and told to go.
+    let (resp, closed) = exchange(server.addr, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        (resp.status, resp.header("connection")),
+        (503, Some("close"))
+    );
+    assert!(closed);
+    let (resp, _) = exchange(server.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(resp.status, 200, "liveness stays up");
+    // The open keep-alive connection was idle: closed at once, cleanly.
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).expect("clean close");
+    assert!(rest.is_empty());
+    assert_eq!(server.wait_exit(Duration::from_secs(5)).0, Some(0));
+}
+
+#[test]
+fn no_request_is_lost_when_sigterm_lands_under_load() {
+    let mut server = spawn_example("http", &["--workers", "2"], |_| {});
+    let addr = server.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let (mut s, mut r) = client(addr);
+                let (mut sent, mut answered) = (0u32, 0u32);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+                        break;
+                    }
+                    sent += 1;
+                    match read_response(&mut r) {
+                        Ok(resp) if resp.status == 200 => {
+                            answered += 1;
+                            if resp.header("connection") == Some("close") {
+                                break; // the server said this is the last one
+                            }
+                        }
+                        Ok(resp) => panic!("status {}", resp.status),
+                        Err(_) => break,
+                    }
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) || peer_closed(&r) {
+                        break;
+                    }
+                }
+                (sent, answered)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGTERM);
+    let mut lost = 0;
+    let mut total = 0;
+    for c in clients {
+        let (sent, answered) = c.join().unwrap();
+        lost += sent - answered;
+        total += answered;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)).0, Some(0));
+    assert!(total > 50);
+    assert_eq!(lost, 0, "requests sent but never answered");
+}
+
+/// Whether the server has closed this connection (a zero-byte peek with nothing left in
+/// the reader's buffer), so the client must not send on it.
+fn peer_closed(r: &BufReader<TcpStream>) -> bool {
+    let mut b = [0u8; 1];
+    r.get_ref().set_nonblocking(true).unwrap();
+    let closed = matches!(r.get_ref().peek(&mut b), Ok(0));
+    r.get_ref().set_nonblocking(false).unwrap();
+    closed && r.buffer().is_empty()
+}
