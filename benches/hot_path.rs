@@ -1,13 +1,14 @@
 //! Criterion benches of the per-completion hot path, without the kernel:
 //! decoding a completion's `user_data`, recycling a provided buffer, and one full echo
-//! turn of the real engine fed from memory.
+//! turn of the real engine fed from memory, and HTTP parse-and-respond per request.
 //!
 //! `cargo bench --bench hot_path`
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gracering::bench::{BufRingBench, EchoEngine, decode_user_data, recv_user_data};
+use gracering::bench::{BenchEngine, BufRingBench, EchoEngine, decode_user_data, recv_user_data};
+use gracering::http::{Http, HttpConfig, Request, Response, Service, Status};
 use gracering::sim::Sim;
 use gracering::{Conn, Handler};
 
@@ -87,5 +88,42 @@ fn sim_round_trip(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decode, buffer_ring, echo_turn, sim_round_trip);
+struct Hello;
+
+impl Service for Hello {
+    fn call(&mut self, req: &Request<'_>, res: &mut Response<'_>) {
+        match req.path() {
+            "/" => res.text(Status::OK, "Hello, World!"),
+            _ => res.text(Status::NOT_FOUND, "not found"),
+        }
+    }
+}
+
+/// Parse-and-respond per request: the HTTP layer on the real engine, fed from memory
+/// (the request as wrk sends it), one request per turn and 16 pipelined per turn.
+fn http_request(c: &mut Criterion) {
+    let one = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
+    let sixteen = one.repeat(16);
+    let mut g = c.benchmark_group("http");
+    let mut engine = BenchEngine::with_handler(Http::new(HttpConfig::default(), Hello), 1);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("get_parse_and_respond", |b| {
+        b.iter(|| engine.turn(black_box(one)))
+    });
+    let mut engine = BenchEngine::with_handler(Http::new(HttpConfig::default(), Hello), 1);
+    g.throughput(Throughput::Elements(16));
+    g.bench_function("get_pipelined_x16", |b| {
+        b.iter(|| engine.turn(black_box(&sixteen)))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    decode,
+    buffer_ring,
+    echo_turn,
+    sim_round_trip,
+    http_request
+);
 criterion_main!(benches);

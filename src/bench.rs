@@ -47,7 +47,8 @@ impl BufRingBench {
     }
 }
 
-struct Echo;
+/// The echo handler of [`EchoEngine`].
+pub struct Echo;
 
 impl Handler for Echo {
     type State = ();
@@ -84,19 +85,29 @@ impl Ops for Parked {
     fn wake_workers(&mut self) {}
 }
 
-/// A real engine with an echo handler and `n` open connections, fed from memory.
-pub struct EchoEngine {
-    engine: Engine<Echo>,
+/// A real engine with an echo handler, fed from memory.
+pub type EchoEngine = BenchEngine<Echo>;
+
+impl EchoEngine {
+    /// An echo engine with `conns` accepted connections.
+    pub fn new(conns: usize) -> EchoEngine {
+        BenchEngine::with_handler(Echo, conns)
+    }
+}
+
+/// A real engine with any handler and `n` open connections, fed from memory.
+pub struct BenchEngine<H: Handler> {
+    engine: Engine<H>,
     ops: Parked,
     conns: Vec<u64>,
 }
 
-impl EchoEngine {
-    /// An engine with `conns` accepted connections.
-    pub fn new(conns: usize) -> EchoEngine {
-        let mut e = EchoEngine {
+impl<H: Handler> BenchEngine<H> {
+    /// An engine running `handler` with `conns` accepted connections.
+    pub fn with_handler(handler: H, conns: usize) -> BenchEngine<H> {
+        let mut e = BenchEngine {
             engine: Engine::new(
-                Echo,
+                handler,
                 Worker::new(0),
                 &Config::default(),
                 Shared::new(1).expect("eventfd"),

@@ -189,6 +189,8 @@ pub struct Sim<H: Handler> {
     engine: Engine<H>,
     kernel: Kernel,
     chunk: usize,
+    /// One receive buffer, reused (the sim itself allocates nothing per turn).
+    scratch: Vec<u8>,
     now: Instant,
 }
 
@@ -211,6 +213,7 @@ impl<H: Handler> Sim<H> {
                 ..Kernel::default()
             },
             chunk: config.buffer_size as usize,
+            scratch: vec![0; config.buffer_size as usize],
             now: Instant::now(),
         };
         sim.engine.start(&mut sim.kernel);
@@ -279,6 +282,16 @@ impl<H: Handler> Sim<H> {
     /// Takes the bytes the server sent to the peer so far.
     pub fn take_received(&mut self, peer: Peer) -> Vec<u8> {
         std::mem::take(&mut self.kernel.peers[peer.index].inbox)
+    }
+
+    /// How many bytes the server has sent to the peer and the peer has not taken.
+    pub fn received_len(&self, peer: Peer) -> usize {
+        self.kernel.peers[peer.index].inbox.len()
+    }
+
+    /// Drops what the server sent to the peer so far, keeping the buffer's capacity.
+    pub fn clear_received(&mut self, peer: Peer) {
+        self.kernel.peers[peer.index].inbox.clear();
     }
 
     /// Whether the peer has read EOF (the server shut down its write side or closed).
@@ -404,10 +417,10 @@ impl<H: Handler> Sim<H> {
             engine,
             kernel,
             chunk,
+            scratch: buf,
             ..
         } = self;
         let mut events = 0;
-        let mut buf = vec![0u8; *chunk];
         for i in 0..kernel.peers.len() {
             let p = &mut kernel.peers[i];
             let (Some(conn), true, false) = (p.conn, p.recv_armed, p.closed) else {

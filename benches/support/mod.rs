@@ -1,7 +1,7 @@
 //! Code shared by the benchmark binaries; each one includes it with `mod support;`.
 //!
 //! - [`pin`]: pin a thread, or a child process from its start, to one CPU.
-//! - [`procstat`]: another process's CPU time, read from `/proc`.
+//! - [`procstat`]: another process's CPU time, and the machine's, read from `/proc`.
 //! - [`loadgen`]: the closed-loop TCP load generator (echo now; room for HTTP).
 //! - [`epoll`]: the minimal epoll set both client sides use.
 //! - [`idle`]: idle connections held open in epoll, reporting how each one ended.

@@ -11,6 +11,7 @@
 //! [`thread_cpu_seconds`] gives the load generator's own CPU time, to show whether the
 //! client was the bottleneck (near 100% of its core) or something else was.
 //! [`cpu_nanos`] is the precise count, for steps too short for clock ticks.
+//! [`system_cpu`] is the machine-wide total, to see what else ran during a window.
 
 use std::fs;
 use std::io;
@@ -98,4 +99,35 @@ fn bad_stat(stat: &str) -> io::Error {
         io::ErrorKind::InvalidData,
         format!("unexpected stat line: {stat}"),
     )
+}
+
+/// Machine-wide CPU time from the first line of `/proc/stat`, summed over all CPUs, in
+/// seconds. Sampled around a measured window, it shows what else ran meanwhile: `busy`
+/// minus the CPU time of the processes under test is everyone else's (a compiler, another
+/// benchmark), and `steal` is time the hypervisor gave to other guests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemCpu {
+    /// user + nice + system + irq + softirq.
+    pub busy: f64,
+    /// Time this virtual machine was ready to run but not given a CPU.
+    pub steal: f64,
+}
+
+/// Reads [`SystemCpu`] now.
+pub fn system_cpu() -> io::Result<SystemCpu> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().unwrap_or_default();
+    let ticks: Vec<u64> = line
+        .strip_prefix("cpu ")
+        .ok_or_else(|| bad_stat(line))?
+        .split_whitespace()
+        .map(|field| field.parse().map_err(|_| bad_stat(line)))
+        .collect::<io::Result<_>>()?;
+    // Fields: user nice system idle iowait irq softirq steal guest guest_nice.
+    let field = |i: usize| ticks.get(i).copied().unwrap_or(0);
+    let per_second = ticks_per_second() as f64;
+    Ok(SystemCpu {
+        busy: (field(0) + field(1) + field(2) + field(5) + field(6)) as f64 / per_second,
+        steal: field(7) as f64 / per_second,
+    })
 }

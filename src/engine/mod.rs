@@ -64,6 +64,8 @@ pub(crate) struct Engine<H: Handler> {
     conns: Slab<Connection<H::State>>,
     pool: BufPool,
     flush: Vec<u32>,
+    /// The other half of `flush`, swapped in each turn so neither is reallocated.
+    flush_spare: Vec<u32>,
     next_generation: u32,
     acceptor: Acceptor,
     linger: Linger,
@@ -92,6 +94,7 @@ impl<H: Handler> Engine<H> {
             conns: Slab::with_capacity(1024),
             pool: BufPool::new(16 * 1024, 4096),
             flush: Vec::with_capacity(1024),
+            flush_spare: Vec::with_capacity(1024),
             next_generation: 0,
             acceptor: Acceptor::default(),
             linger: Linger::new(config.linger),
@@ -235,12 +238,17 @@ impl<H: Handler> Engine<H> {
         if !self.drain_later.is_empty() {
             self.notify_later(ops);
         }
-        for key in mem::take(&mut self.idle_watch) {
+        let mut watch = mem::take(&mut self.idle_watch);
+        for &key in &watch {
             if let Some(c) = self.conns.get_mut(key as usize) {
                 queue_flush(c, &mut self.flush);
             }
         }
-        for key in mem::take(&mut self.flush).drain(..) {
+        watch.clear();
+        self.idle_watch = watch; // keeps its capacity: no allocation per turn
+        let mut keys = mem::take(&mut self.flush_spare);
+        mem::swap(&mut keys, &mut self.flush);
+        for key in keys.drain(..) {
             let Some(c) = self.conns.get_mut(key as usize) else {
                 continue;
             };
@@ -274,6 +282,7 @@ impl<H: Handler> Engine<H> {
             }
             c.advance_close(ops, &mut self.linger);
         }
+        self.flush_spare = keys;
     }
 
     fn arm_accept(&mut self, ops: &mut impl Ops) {

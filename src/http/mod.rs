@@ -48,7 +48,7 @@ mod parse;
 mod request;
 mod response;
 
-use std::mem;
+use std::mem::{self, MaybeUninit};
 use std::time::{Duration, Instant};
 
 use crate::handler::{Conn, Handler};
@@ -194,9 +194,10 @@ impl<S: Service> Handler for Http<S> {
         if matches!(state.phase, Phase::Body(_)) {
             return self.continue_body(state, conn, data);
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let head_len = match req.parse(data) {
+        // Uninitialised header slots: nothing is zeroed per request.
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let head_len = match req.parse_with_uninit_headers(data, &mut headers) {
             Ok(httparse::Status::Complete(n)) if n <= self.config.max_head => n,
             Ok(httparse::Status::Complete(_)) => {
                 return self.fail(state, conn, Status::HEADERS_TOO_LARGE);
@@ -300,9 +301,10 @@ impl<S: Service> Http<S> {
         let Phase::Body(partial) = mem::replace(&mut state.phase, Phase::Idle) else {
             return used;
         };
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(&partial.head), Ok(httparse::Status::Complete(_))) {
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = req.parse_with_uninit_headers(&partial.head, &mut headers);
+        if !matches!(parsed, Ok(httparse::Status::Complete(_))) {
             return self.fail(state, conn, Status::BAD_REQUEST);
         }
         self.respond(
@@ -335,9 +337,10 @@ impl<S: Service> Http<S> {
         };
         let draining = conn.is_draining();
         let close = !info.keep_alive || (draining || state.close_after) && last_received;
+        let now = conn.now();
         let mut res = Response {
             out: conn.output(),
-            date: self.date.get(),
+            date: self.date.get(now),
             close,
             keep_alive_1_0: info.keep_alive && request.minor_version == 0,
             head_only: request.method == "HEAD",
@@ -362,8 +365,9 @@ impl<S: Service> Http<S> {
     /// and further input is discarded, since its framing cannot be trusted.
     fn fail(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>, status: Status) -> usize {
         let body = status.reason().as_bytes();
+        let now = conn.now();
         let out = conn.output();
-        write_head(out, status, self.date.get(), body.len(), true, false);
+        write_head(out, status, self.date.get(now), body.len(), true, false);
         out.extend_from_slice(b"content-type: text/plain\r\n\r\n");
         out.extend_from_slice(body);
         state.phase = Phase::Idle;

@@ -71,24 +71,29 @@ pub(crate) fn check_head(
     let mut expect_continue = false;
     for h in req.headers.iter() {
         let name = h.name;
-        if name.eq_ignore_ascii_case("host") {
+        // Dispatch on the length first: most fields are none of these five.
+        let is = |wanted: &str| name.len() == wanted.len() && name.eq_ignore_ascii_case(wanted);
+        if !matches!(name.len(), 4 | 6 | 10 | 14 | 17) {
+            continue;
+        }
+        if is("host") {
             hosts += 1;
             check_host(h.value)?;
-        } else if name.eq_ignore_ascii_case("content-length") {
+        } else if is("content-length") {
             let value = content_length(h.value)?;
             if length.is_some_and(|l| l != value) {
                 return Err(Status::BAD_REQUEST); // differing lengths: smuggling
             }
             length = Some(value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if is("transfer-encoding") {
             transfer_encoding = true;
             chunked = transfer_codings(h.value, chunked)?;
-        } else if name.eq_ignore_ascii_case("connection") {
+        } else if is("connection") {
             for token in list(h.value) {
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-        } else if name.eq_ignore_ascii_case("expect") {
+        } else if is("expect") {
             if !h.value.eq_ignore_ascii_case(b"100-continue") {
                 return Err(Status::EXPECTATION_FAILED);
             }

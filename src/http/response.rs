@@ -3,7 +3,7 @@
 //! connection's output buffer.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// An HTTP status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,31 +70,32 @@ impl fmt::Display for Status {
     }
 }
 
-/// The `Date` header value, formatted at most once a second per worker.
+/// The `Date` header value, formatted at most once a second per worker. The wall clock
+/// is read only when the second is over, judged by the loop turn's monotonic clock.
 #[derive(Debug)]
 pub(crate) struct DateCache {
-    second: u64,
+    next: Option<Instant>,
     text: [u8; 29],
 }
 
 impl DateCache {
     pub fn new() -> DateCache {
-        let mut cache = DateCache {
-            second: u64::MAX,
+        DateCache {
+            next: None,
             text: [b' '; 29],
-        };
-        cache.get();
-        cache
+        }
     }
 
-    /// `Sun, 06 Nov 1994 08:49:37 GMT` for the current second.
-    pub fn get(&mut self) -> &[u8; 29] {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if now != self.second {
-            self.second = now;
-            self.text = imf_fixdate(now);
+    /// `Sun, 06 Nov 1994 08:49:37 GMT` for the current second, given the turn's clock.
+    pub fn get(&mut self, now: Instant) -> &[u8; 29] {
+        if self.next.is_none_or(|next| now >= next) {
+            let wall = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            self.text = imf_fixdate(wall.as_secs());
+            let rest =
+                Duration::from_secs(1) - Duration::from_nanos(u64::from(wall.subsec_nanos()));
+            self.next = Some(now + rest);
         }
         &self.text
     }
