@@ -266,9 +266,12 @@ impl<H: Handler> Engine<H> {
             if c.close_requested == CloseRequest::WhenIdle && c.closing == Closing::Open {
                 if !c.is_idle() {
                     c.quiet_since = None;
-                } else if c.quiet_since.is_some_and(|t| t < self.turn) {
+                } else if c.quiet_since.is_some_and(|t| t < self.turn)
+                    || self.linger.now.saturating_duration_since(c.last_input) >= self.linger.time
+                {
                     // Idle at the end of two turns with a kernel entry between them, so
-                    // bytes that reached the socket meanwhile would have shown up.
+                    // bytes that reached the socket meanwhile would have shown up; or
+                    // silent for a whole linger already, so none are on the way.
                     let reason = if self.drain.draining() {
                         CloseReason::Shutdown
                     } else {
