@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::server::Server;
+use crate::sys::Backend;
 
 /// Every setting of a server, with its default. Made by [`Builder`].
 #[derive(Debug, Clone)]
@@ -24,6 +25,7 @@ pub(crate) struct Config {
     pub grace_period: Duration,
     pub linger: Duration,
     pub handle_signals: bool,
+    pub backend: Backend,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             grace_period: Duration::from_secs(25),
             linger: Duration::from_secs(1),
             handle_signals: true,
+            backend: Backend::Auto,
         }
     }
 }
@@ -174,6 +177,13 @@ impl Builder {
     /// [`ShutdownHandle`](crate::ShutdownHandle) stops the server.
     pub fn handle_signals(mut self, handle: bool) -> Builder {
         self.config.handle_signals = handle;
+        self
+    }
+
+    /// The kernel interface: [`Backend::Auto`] (the default) picks io_uring where the
+    /// kernel offers it and epoll otherwise.
+    pub fn backend(mut self, backend: Backend) -> Builder {
+        self.config.backend = backend;
         self
     }
 

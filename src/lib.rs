@@ -99,3 +99,4 @@ pub use server::Server;
 pub use shared::{ShutdownHandle, Trigger};
 pub use signal::block_shutdown_signals;
 pub use stats::{Report, WorkerDrain, WorkerReport, WorkerStats};
+pub use sys::Backend;

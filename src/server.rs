@@ -18,7 +18,9 @@ use crate::log;
 use crate::shared::{Shared, ShutdownHandle};
 use crate::signal;
 use crate::stats::{Report, WorkerReport};
-use crate::sys::uring::{UringWorker, build_ring};
+use crate::sys::Backend;
+use crate::sys::epoll::EpollWorker;
+use crate::sys::uring::UringWorker;
 
 /// A bound server, ready to run: one listening socket per worker, all on one address.
 ///
@@ -48,6 +50,7 @@ pub struct Server {
     local_addr: SocketAddr,
     cpus: Vec<usize>,
     shared: Arc<Shared>,
+    backend: Backend,
 }
 
 impl Server {
@@ -57,6 +60,7 @@ impl Server {
     }
 
     pub(crate) fn bind(config: Config) -> io::Result<Server> {
+        let backend = config.backend.resolve()?;
         let cpus = cpu::allowed_cpus()?;
         let workers = config.workers.unwrap_or(cpus.len());
         let listeners = listener::bind_all(config.addr, workers, config.backlog)?;
@@ -68,6 +72,7 @@ impl Server {
             local_addr,
             cpus,
             shared,
+            backend,
         })
     }
 
@@ -83,7 +88,7 @@ impl Server {
 
     /// The name of the backend the workers run on.
     pub fn backend(&self) -> &'static str {
-        "io_uring"
+        self.backend.name()
     }
 
     /// A handle that starts the drain from any thread, like SIGTERM.
@@ -109,10 +114,9 @@ impl Server {
         H: Handler,
         F: Fn(&mut Worker) -> H + Sync,
     {
-        let (probe_ring, features) = build_ring(8)?;
-        drop(probe_ring);
         log::info(format_args!(
-            "{features}; {} workers on {}",
+            "{} backend; {} workers on {}",
+            self.backend,
             self.listeners.len(),
             self.local_addr
         ));
@@ -127,6 +131,7 @@ impl Server {
             listeners,
             cpus,
             shared,
+            backend,
             ..
         } = self;
         let signal_raw = signalfd.as_ref().map(AsRawFd::as_raw_fd);
@@ -138,7 +143,13 @@ impl Server {
                 let spawned = thread::Builder::new()
                     .name(format!("gracering-w{index}"))
                     .spawn_scoped(scope, move || {
-                        run_worker(index, cpu, listener, signal_raw, mine, config, factory)
+                        let place = Place {
+                            index,
+                            cpu,
+                            backend,
+                            signalfd: signal_raw,
+                        };
+                        run_worker(place, listener, mine, config, factory)
                     });
                 match spawned {
                     Ok(handle) => handles.push(handle),
@@ -163,7 +174,7 @@ impl Server {
         drop(signalfd);
         let workers = results.into_iter().collect::<io::Result<Vec<_>>>()?;
         Ok(Report {
-            backend: "io_uring",
+            backend: backend.name(),
             trigger: began.map(|b| b.trigger),
             began_at: began.map(|b| b.wall),
             drain_duration,
@@ -173,23 +184,44 @@ impl Server {
     }
 }
 
-/// One worker thread: pin, build the ring, make the handler, run until drained.
-fn run_worker<H: Handler>(
+/// Where a worker runs: its index, its CPU, its backend, the signalfd to read.
+#[derive(Debug, Clone, Copy)]
+struct Place {
     index: usize,
     cpu: Option<usize>,
-    listener: Socket,
+    backend: Backend,
     signalfd: Option<i32>,
+}
+
+/// One worker thread: pin, set up the backend, make the handler, run until drained.
+fn run_worker<H: Handler>(
+    place: Place,
+    listener: Socket,
     shared: Arc<Shared>,
     config: &Config,
     factory: &(impl Fn(&mut Worker) -> H + Sync),
 ) -> io::Result<WorkerReport> {
+    let Place {
+        index,
+        cpu,
+        backend,
+        signalfd,
+    } = place;
     if let Some(cpu) = cpu
         && let Err(e) = cpu::pin_current_thread(cpu)
     {
         log::warn(format_args!("worker {index}: cannot pin to CPU {cpu}: {e}"));
     }
-    let backend = match UringWorker::new(listener, signalfd, shared.clone(), index, config) {
-        Ok(backend) => backend,
+    let started = match backend {
+        Backend::Epoll => {
+            EpollWorker::new(listener, signalfd, shared.clone(), index).map(Started::Epoll)
+        }
+        Backend::Uring | Backend::Auto => {
+            UringWorker::new(listener, signalfd, shared.clone(), index, config).map(Started::Uring)
+        }
+    };
+    let started = match started {
+        Ok(started) => started,
         Err(e) => {
             // One worker cannot serve: stop the others rather than run degraded forever.
             log::warn(format_args!(
@@ -204,5 +236,16 @@ fn run_worker<H: Handler>(
     let mut worker = Worker::new(index);
     let handler = factory(&mut worker);
     let engine = Engine::new(handler, worker, config, shared);
-    backend.run(engine)
+    match started {
+        Started::Uring(backend) => backend.run(engine),
+        Started::Epoll(backend) => backend.run(engine),
+    }
+}
+
+/// A worker's backend, set up. Lives once per worker thread, so the size difference
+/// between the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Started {
+    Uring(UringWorker),
+    Epoll(EpollWorker),
 }

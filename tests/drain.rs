@@ -267,7 +267,7 @@ fn resources_are_torn_down_in_reverse_order_after_each_workers_last_connection()
             at("teardown cache"),
             at("teardown db-pool"),
         ];
-        let released = at("ring released");
+        let released = at("backend released");
         assert!(
             last < order[0] && order[0] < order[1] && order[1] < order[2] && order[2] < released,
             "worker {w}: {lines:?}"

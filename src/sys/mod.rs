@@ -11,7 +11,10 @@
 //! kernel is done with it, so the engine cannot touch memory the kernel may still read.
 
 use std::os::fd::RawFd;
+use std::{fmt, io};
 
+pub(crate) mod epoll;
+pub(crate) mod token;
 pub(crate) mod uring;
 
 /// Names one connection slot at one moment: the slab key plus the generation the slot
@@ -116,4 +119,80 @@ pub(crate) trait Ops {
     fn close_listener(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32>;
     /// Wake every other worker of the server (they read the shared state).
     fn wake_workers(&mut self);
+}
+
+/// Which kernel interface the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Backend {
+    /// io_uring when the kernel offers what the engine needs, epoll otherwise (the
+    /// reason is logged once). The `GRACERING_BACKEND` environment variable
+    /// (`uring`, `epoll`, `auto`) overrides this default.
+    #[default]
+    Auto,
+    /// io_uring; starting fails with a clear error where it is unavailable.
+    Uring,
+    /// Edge-triggered epoll readiness, on any Linux.
+    Epoll,
+}
+
+impl Backend {
+    /// The backend's name as the examples print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Uring => "io_uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+
+    /// The backend `GRACERING_BACKEND` asks for, if it is set.
+    pub(crate) fn from_env() -> io::Result<Option<Backend>> {
+        match std::env::var("GRACERING_BACKEND").as_deref() {
+            Err(_) | Ok("") => Ok(None),
+            Ok("auto") => Ok(Some(Backend::Auto)),
+            Ok("uring" | "io_uring") => Ok(Some(Backend::Uring)),
+            Ok("epoll") => Ok(Some(Backend::Epoll)),
+            Ok(other) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("GRACERING_BACKEND={other}: expected uring, epoll or auto"),
+            )),
+        }
+    }
+
+    /// Resolves `Auto` (and the environment) to the backend that will run.
+    pub(crate) fn resolve(self) -> io::Result<Backend> {
+        let wanted = match self {
+            Backend::Auto => Backend::from_env()?.unwrap_or(Backend::Auto),
+            explicit => explicit,
+        };
+        match wanted {
+            Backend::Epoll => Ok(Backend::Epoll),
+            Backend::Uring => match uring::build_ring(8) {
+                Ok(_) => Ok(Backend::Uring),
+                Err(e) => Err(io::Error::new(
+                    e.kind(),
+                    format!("io_uring backend unavailable: {e}"),
+                )),
+            },
+            Backend::Auto => match uring::build_ring(8) {
+                Ok((_, features)) => {
+                    crate::log::info(format_args!("{features}"));
+                    Ok(Backend::Uring)
+                }
+                Err(e) => {
+                    crate::log::warn(format_args!(
+                        "io_uring unavailable ({e}); using the epoll backend"
+                    ));
+                    Ok(Backend::Epoll)
+                }
+            },
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }

@@ -14,7 +14,6 @@
 mod bufring;
 mod ops;
 mod setup;
-mod token;
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -34,9 +33,9 @@ use crate::signal::{SIGINFO_SIZE, signo};
 use crate::stats::WorkerReport;
 use crate::sys::{ConnRef, Event, OutBuf, RecvEnd};
 
+pub(crate) use crate::sys::token::{Kind, NO_CONN, decode, encode};
 pub(crate) use bufring::BufRing;
 pub(crate) use setup::{Features, build_ring};
-pub(crate) use token::{Kind, NO_CONN, decode, encode};
 
 use ops::SqOps;
 
@@ -113,7 +112,10 @@ impl UringWorker {
         served.and(released)?;
         self.ring.submitter().unregister_buf_ring(BGID)?;
         drop(self.listener.take());
-        log::info(format_args!("worker {}: ring released", self.index));
+        log::info(format_args!(
+            "worker {}: backend released (ring dropped)",
+            self.index
+        ));
         Ok(WorkerReport {
             stats: engine.stats().clone(),
             drain: engine.drain_report(),

@@ -12,9 +12,9 @@ use io_uring::squeue::{Entry, Flags};
 use io_uring::{Submitter, opcode, squeue::SubmissionQueue, types::Fd};
 use socket2::Socket;
 
-use super::token::{Kind, NO_CONN, encode};
 use crate::log;
 use crate::shared::Shared;
+use crate::sys::token::{Kind, NO_CONN, encode};
 use crate::sys::{ConnRef, Ops, OutBuf};
 
 /// What the SQE builders need, borrowed from the worker for one turn.

@@ -1,4 +1,5 @@
-//! `user_data` encoding: which operation a completion belongs to.
+//! Operation identity, shared by the backends: an io_uring `user_data` or an epoll
+//! event's `u64` names the kind of operation and the connection slot it acts on.
 //!
 //! ```text
 //!  63      56 55                    32 31                              0
