@@ -57,6 +57,8 @@ fn main() -> ExitCode {
 #[derive(Clone, Copy, PartialEq)]
 enum Server {
     Gracering,
+    /// The same echo example, forced onto the epoll backend.
+    GraceringEpoll,
     Tokio,
 }
 
@@ -64,17 +66,23 @@ impl Server {
     fn name(self) -> &'static str {
         match self {
             Server::Gracering => "gracering",
+            Server::GraceringEpoll => "gracering-epoll",
             Server::Tokio => "tokio",
         }
     }
 
     fn command(self, echo_example: &Path) -> Result<Command, Error> {
         let mut cmd = match self {
-            Server::Gracering => Command::new(echo_example),
+            Server::Gracering | Server::GraceringEpoll => Command::new(echo_example),
             Server::Tokio => Command::new(env::current_exe()?),
         };
         match self {
-            Server::Gracering => cmd.args(["--addr", "127.0.0.1:0", "--workers", "1"]),
+            Server::Gracering => cmd
+                .args(["--addr", "127.0.0.1:0", "--workers", "1"])
+                .env("GRACERING_BACKEND", "uring"),
+            Server::GraceringEpoll => cmd
+                .args(["--addr", "127.0.0.1:0", "--workers", "1"])
+                .env("GRACERING_BACKEND", "epoll"),
             Server::Tokio => cmd
                 .env("GRACERING_BENCH_ROLE", "tokio-echo")
                 .env("GRACERING_BENCH_ADDR", "127.0.0.1:0"),
@@ -93,11 +101,15 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Result<Settings, Error> {
-        let names = env::var("GRACERING_BENCH_SERVERS").unwrap_or("gracering,tokio".into());
+        let names =
+            env::var("GRACERING_BENCH_SERVERS").unwrap_or("gracering,gracering-epoll,tokio".into());
         let servers = names.split(',').map(|name| match name.trim() {
             "gracering" => Ok(Server::Gracering),
+            "gracering-epoll" => Ok(Server::GraceringEpoll),
             "tokio" => Ok(Server::Tokio),
-            other => Err(format!("unknown server {other:?} (gracering, tokio)")),
+            other => Err(format!(
+                "unknown server {other:?} (gracering, gracering-epoll, tokio)"
+            )),
         });
         let settings = Settings {
             servers: servers.collect::<Result<_, _>>()?,
@@ -126,7 +138,11 @@ fn env_or<T: FromStr>(name: &str, default: T) -> Result<T, Error> {
 
 fn bench() -> Result<(), Error> {
     let s = Settings::from_env()?;
-    let echo_example = match s.servers.contains(&Server::Gracering) {
+    let gracering = s
+        .servers
+        .iter()
+        .any(|s| matches!(s, Server::Gracering | Server::GraceringEpoll));
+    let echo_example = match gracering {
         true => build_echo_example()?,
         false => PathBuf::new(),
     };
@@ -220,6 +236,13 @@ impl Summary {
     }
 }
 
+/// The ratios reported, as (numerator, denominator) server names.
+const RATIOS: [(&str, &str); 3] = [
+    ("gracering", "tokio"),
+    ("gracering", "gracering-epoll"),
+    ("gracering-epoll", "tokio"),
+];
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
@@ -229,30 +252,33 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// gracering / tokio: (msgs/s ratio, CPU per message ratio), when both were measured.
-fn ratios(summaries: &[Summary]) -> Option<(f64, Option<f64>)> {
+/// a / b: (msgs/s ratio, CPU per message ratio), when both were measured.
+fn ratios(summaries: &[Summary], a: &str, b: &str) -> Option<(f64, Option<f64>)> {
     let find = |name| summaries.iter().find(|s| s.name == name);
-    let (g, t) = (find("gracering")?, find("tokio")?);
+    let (g, t) = (find(a)?, find(b)?);
     let cpu = g.cpu_us_per_msg.zip(t.cpu_us_per_msg).map(|(g, t)| g / t);
     Some((g.msgs_per_s / t.msgs_per_s, cpu))
 }
 
 fn print_table(summaries: &[Summary]) {
     println!(
-        "\n{:<10} {:>14} {:>18} {:>7}",
+        "\n{:<16} {:>14} {:>18} {:>7}",
         "server", "msgs/s median", "CPU us/msg median", "errors"
     );
     for s in summaries {
         let cpu = s.cpu_us_per_msg.map_or("-".into(), |c| format!("{c:.2}"));
         println!(
-            "{:<10} {:>14.0} {:>18} {:>7}",
+            "{:<16} {:>14.0} {:>18} {:>7}",
             s.name, s.msgs_per_s, cpu, s.errors
         );
     }
-    if let Some((msgs, cpu)) = ratios(summaries) {
-        let cpu = cpu.map_or("-".into(), |c| format!("{c:.3}"));
-        println!("gracering/tokio: msgs/s x{msgs:.3}, CPU/msg x{cpu} (under ~15% is noise)\n");
+    for (a, b) in RATIOS {
+        if let Some((msgs, cpu)) = ratios(summaries, a, b) {
+            let cpu = cpu.map_or("-".into(), |c| format!("{c:.3}"));
+            println!("{a}/{b}: msgs/s x{msgs:.3}, CPU/msg x{cpu} (under ~15% is noise)");
+        }
     }
+    println!();
 }
 
 /// The machine-readable result, formatted by hand.
@@ -262,7 +288,7 @@ fn json_line(s: &Settings, summaries: &[Summary]) -> String {
         r#"{{"bench":"echo_load","conns":{},"size":{},"runs":{},"secs":{}"#,
         s.conns, s.size, s.runs, s.secs
     );
-    for name in ["gracering", "tokio"] {
+    for name in ["gracering", "gracering-epoll", "tokio"] {
         let server = summaries.iter().find(|s| s.name == name).map(|s| {
             let (msgs, cpu) = (num(Some(s.msgs_per_s), 0), num(s.cpu_us_per_msg, 3));
             format!(
@@ -272,14 +298,17 @@ fn json_line(s: &Settings, summaries: &[Summary]) -> String {
         });
         let _ = write!(out, r#","{name}":{}"#, server.unwrap_or("null".into()));
     }
-    let ratio = ratios(summaries).map(|(msgs, cpu)| {
-        format!(
-            r#"{{"msgs_per_s":{},"cpu_per_msg":{}}}"#,
-            num(Some(msgs), 3),
-            num(cpu, 3)
-        )
-    });
-    let _ = write!(out, r#","ratio":{}}}"#, ratio.unwrap_or("null".into()));
+    for (a, b) in RATIOS {
+        let ratio = ratios(summaries, a, b).map(|(msgs, cpu)| {
+            format!(
+                r#"{{"msgs_per_s":{},"cpu_per_msg":{}}}"#,
+                num(Some(msgs), 3),
+                num(cpu, 3)
+            )
+        });
+        let _ = write!(out, r#","{a}/{b}":{}"#, ratio.unwrap_or("null".into()));
+    }
+    out.push('}');
     out
 }
 
