@@ -20,6 +20,13 @@
 //! (`gracering,hyper`). Without `wrk` on the `PATH` the bench prints
 //! `wrk not installed: skipping` and exits 0.
 //!
+//! Besides the table and one JSON line on stdout, each measured wrk report is kept in
+//! `target/http_load/MODE-SERVER-RUN.txt`. Each run line also shows wrk's own CPU load
+//! (near 100% means wrk was the limit), the CPU time used by anything else on the
+//! machine meanwhile ("other": a busy neighbour spoils the run) and the time the
+//! hypervisor stole. Latency percentiles are wrk's, for plain mode only: wrk's are
+//! wrong when pipelining.
+//!
 //! The binary doubles as the hyper peer: with `GRACERING_BENCH_ROLE=hyper-hello` it
 //! serves `Hello, World!` on `GRACERING_BENCH_ADDR` (default `127.0.0.1:0`) instead of
 //! benchmarking.
@@ -362,8 +369,12 @@ fn measure(
             None
         }
     };
-    let wrk =
+    let mut wrk =
         WrkOutput::parse(&output).ok_or_else(|| format!("cannot read wrk's output:\n{output}"))?;
+    if mode == Mode::Pipelined {
+        // wrk's latency percentiles do not hold when pipelining (see `WrkOutput::p99_us`).
+        (wrk.p50_us, wrk.p99_us) = (None, None);
+    }
     Ok(Run {
         wrk,
         report: output,
@@ -415,8 +426,9 @@ struct WrkOutput {
     /// `Non-2xx or 3xx responses:`.
     non_2xx: u64,
     /// The 50% and 99% lines of `Latency Distribution` (`--latency`), in microseconds.
-    /// With pipelining wrk records one latency per batch yet ranks percentiles by
-    /// responses, so its upper percentiles come out as `0.00us`: read as unknown.
+    /// With pipelining wrk records one latency per batch of responses, yet ranks its
+    /// percentiles by responses: the upper ones come out as `0.00us` (read as unknown)
+    /// or as some value that means little, so pipelined runs report no latency.
     p50_us: Option<f64>,
     p99_us: Option<f64>,
 }
