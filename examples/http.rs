@@ -8,7 +8,8 @@
 //!
 //! Routes: `GET /` answers `Hello, World!`; `GET /healthz` (liveness) is 200 until the
 //! process ends; `GET /readyz` (readiness) is 200 while serving and 503 from the instant
-//! the drain begins (readiness delay included); anything else is 404.
+//! the drain begins (readiness delay included); `GET /slow?ms=N` answers `slow` after N
+//! milliseconds without holding up the worker; anything else is 404.
 //!
 //! SIGTERM or SIGINT drains (a second one, or the grace period, cuts what is left); the
 //! drain report goes to stderr as one JSON line. Exit codes: 0 after a clean drain, 3
@@ -20,6 +21,7 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use common::{SERVER_USAGE, ServerArgs};
 use gracering::http::{Http, HttpConfig, Request, Response, Service, Status};
@@ -37,9 +39,24 @@ impl Service for Hello {
                 res.text(Status::SERVICE_UNAVAILABLE, "draining")
             }
             "/readyz" if get => res.text(Status::OK, "ready"),
+            "/slow" if get => match slow_ms(req.query()) {
+                Some(ms) => res.defer(Duration::from_millis(ms), ms),
+                None => res.text(Status::BAD_REQUEST, "use /slow?ms=N (N up to 600000)"),
+            },
             _ => res.text(Status::NOT_FOUND, "not found"),
         }
     }
+
+    fn resume(&mut self, _ms: u64, res: &mut Response<'_>) {
+        res.text(Status::OK, "slow");
+    }
+}
+
+/// The `ms` of `/slow?ms=N`: a request that takes N milliseconds without holding up the
+/// worker (for drain benchmarks: requests in flight at the signal).
+fn slow_ms(query: Option<&str>) -> Option<u64> {
+    let ms = query?.split('&').find_map(|kv| kv.strip_prefix("ms="))?;
+    ms.parse().ok().filter(|&ms| ms <= 600_000)
 }
 
 struct Args {

@@ -452,3 +452,55 @@ fn peer_closed(r: &BufReader<TcpStream>) -> bool {
     r.get_ref().set_nonblocking(false).unwrap();
     closed && r.buffer().is_empty()
 }
+
+#[test]
+fn a_slow_request_in_flight_at_sigterm_completes_with_connection_close() {
+    let mut server = spawn_example("http", &["--workers", "1"], |_| {});
+    let (mut s, mut r) = client(server.addr);
+    let (mut quick, mut quick_r) = client(server.addr);
+    let start = Instant::now();
+    s.write_all(b"GET /slow?ms=500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    quick
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_response(&mut quick_r).unwrap().body,
+        b"Hello, World!",
+        "the worker is not held up"
+    );
+    thread::sleep(Duration::from_millis(100));
+    server.signal(libc::SIGTERM);
+    let resp = read_response(&mut r).unwrap();
+    assert_eq!((resp.status, resp.body.as_slice()), (200, &b"slow"[..]));
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(start.elapsed() >= Duration::from_millis(500));
+    let (code, _) = server.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_request_longer_than_the_grace_period_is_cut_at_the_deadline() {
+    let mut server = spawn_example(
+        "http",
+        &["--workers", "1", "--grace-period", "300ms"],
+        |_| {},
+    );
+    let (mut s, mut r) = client(server.addr);
+    s.write_all(b"GET /slow?ms=5000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    server.signal(libc::SIGTERM);
+    let (code, _) = server.wait_exit(Duration::from_secs(5));
+    let took = start.elapsed();
+    assert_eq!(code, Some(3));
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(450),
+        "{took:?}"
+    );
+    assert!(
+        read_response(&mut r).is_err(),
+        "no response: the request was cut"
+    );
+}

@@ -194,6 +194,12 @@ impl<H: Handler> Engine<H> {
                     if let Some(state) = state.as_mut() {
                         self.handler.on_timer(state, &mut handle);
                     }
+                    if !c.pending.is_empty() && c.close_requested != CloseRequest::AfterFlush {
+                        // Input the handler set aside (while it waited on this timer, say)
+                        // is offered again.
+                        let ctx = (self.worker.index, draining, now);
+                        feed(&mut self.handler, c, &mut self.pool, ctx, &[]);
+                    }
                     c.file_timer(&mut self.timers);
                     after_handler(c, reason, &mut self.flush, ops, &mut self.linger);
                 }
@@ -390,25 +396,13 @@ impl<H: Handler> Engine<H> {
         if c.closing != Closing::Open || c.close_requested == CloseRequest::AfterFlush {
             return; // closing: input is read only so that the close does not reset
         }
-        let handler = &mut self.handler;
-        let pool = &mut self.pool;
-        if c.pending.is_empty() {
-            let used = deliver(handler, c, pool, worker, draining, now, data);
-            if used < data.len() && c.close_requested != CloseRequest::AfterFlush {
-                c.pending = pool.take();
-                c.pending.extend_from_slice(&data[used..]);
-            }
-        } else {
-            let mut pending = mem::take(&mut c.pending);
-            pending.extend_from_slice(data);
-            let used = deliver(handler, c, pool, worker, draining, now, &pending);
-            pending.drain(..used);
-            if pending.is_empty() || c.close_requested == CloseRequest::AfterFlush {
-                pool.put(pending);
-            } else {
-                c.pending = pending;
-            }
-        }
+        feed(
+            &mut self.handler,
+            c,
+            &mut self.pool,
+            (worker, draining, now),
+            data,
+        );
         if c.pending.len() > max_pending {
             self.stats.input_limit_closes += 1;
             c.begin_close(CloseReason::InputLimit, false, ops, &mut self.linger);
@@ -555,6 +549,34 @@ fn queue_flush<S>(c: &mut Connection<S>, flush: &mut Vec<u32>) {
     if !c.flush_queued {
         c.flush_queued = true;
         flush.push(c.key);
+    }
+}
+
+/// Offers the connection's pending input followed by `data` to the handler; what it
+/// leaves unconsumed stays pending (in a pooled buffer, freed once empty).
+fn feed<H: Handler>(
+    handler: &mut H,
+    c: &mut Connection<H::State>,
+    pool: &mut BufPool,
+    (worker, draining, now): (usize, bool, Instant),
+    data: &[u8],
+) {
+    if c.pending.is_empty() {
+        let used = deliver(handler, c, pool, worker, draining, now, data);
+        if used < data.len() && c.close_requested != CloseRequest::AfterFlush {
+            c.pending = pool.take();
+            c.pending.extend_from_slice(&data[used..]);
+        }
+    } else {
+        let mut pending = mem::take(&mut c.pending);
+        pending.extend_from_slice(data);
+        let used = deliver(handler, c, pool, worker, draining, now, &pending);
+        pending.drain(..used);
+        if pending.is_empty() || c.close_requested == CloseRequest::AfterFlush {
+            pool.put(pending);
+        } else {
+            c.pending = pending;
+        }
     }
 }
 

@@ -64,6 +64,13 @@ pub trait Service {
     /// Answers one request. Write exactly one response with [`Response::send`] (or
     /// [`Response::text`]); a request left unanswered gets a 500.
     fn call(&mut self, req: &Request<'_>, res: &mut Response<'_>);
+
+    /// Writes a response deferred with [`Response::defer`], once its time has come.
+    /// The default answers 500: a service that defers must implement this.
+    fn resume(&mut self, tag: u64, res: &mut Response<'_>) {
+        let _ = tag;
+        res.text(Status::INTERNAL_ERROR, "deferred response not implemented");
+    }
 }
 
 /// Limits and timeouts of the HTTP layer.
@@ -151,6 +158,18 @@ enum Phase {
     Head,
     /// The head is complete; the body is arriving.
     Body(Box<Partial>),
+    /// The service deferred its response (`Response::defer`); later requests wait.
+    Waiting(Deferred),
+}
+
+/// What a deferred response needs to be written later.
+#[derive(Debug, Clone, Copy)]
+struct Deferred {
+    tag: u64,
+    keep_alive: bool,
+    minor_version: u8,
+    head_only: bool,
+    last_received: bool,
 }
 
 /// A request whose body is still arriving: its head, copied, and the body so far.
@@ -191,8 +210,10 @@ impl<S: Service> Handler for Http<S> {
     }
 
     fn on_data(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>, data: &[u8]) -> usize {
-        if matches!(state.phase, Phase::Body(_)) {
-            return self.continue_body(state, conn, data);
+        match state.phase {
+            Phase::Body(_) => return self.continue_body(state, conn, data),
+            Phase::Waiting(_) => return 0, // pipelined requests wait for the deferred one
+            Phase::Idle | Phase::Head => {}
         }
         // Uninitialised header slots: nothing is zeroed per request.
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -252,7 +273,7 @@ impl<S: Service> Handler for Http<S> {
     fn on_drain(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>) {
         let quiet = conn.now().saturating_duration_since(state.last_active);
         match state.phase {
-            Phase::Head | Phase::Body(_) => state.close_after = true,
+            Phase::Head | Phase::Body(_) | Phase::Waiting(_) => state.close_after = true,
             Phase::Idle if quiet < self.config.drain_busy_window => {
                 state.close_after = true;
                 conn.set_timer(self.config.drain_busy_window - quiet);
@@ -263,6 +284,7 @@ impl<S: Service> Handler for Http<S> {
 
     fn on_timer(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>) {
         match state.phase {
+            Phase::Waiting(d) => self.resume(state, conn, d),
             Phase::Idle if conn.is_draining() => conn.close_when_idle(),
             Phase::Idle => conn.close(),
             Phase::Head | Phase::Body(_) => {
@@ -346,11 +368,29 @@ impl<S: Service> Http<S> {
             head_only: request.method == "HEAD",
             draining,
             sent: false,
+            deferred: None,
         };
         self.service.call(&request, &mut res);
+        if let (false, Some((after, tag))) = (res.sent, res.deferred) {
+            state.phase = Phase::Waiting(Deferred {
+                tag,
+                keep_alive: info.keep_alive,
+                minor_version: request.minor_version,
+                head_only: res.head_only,
+                last_received,
+            });
+            state.last_active = now;
+            conn.set_timer(after);
+            return;
+        }
         if !res.sent {
             res.text(Status::INTERNAL_ERROR, "no response");
         }
+        self.finish(state, conn, close);
+    }
+
+    /// After a response: the connection closes, or waits for the next request.
+    fn finish(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>, close: bool) {
         state.phase = Phase::Idle;
         state.last_active = conn.now();
         if close {
@@ -358,6 +398,28 @@ impl<S: Service> Http<S> {
         } else {
             conn.set_timer(self.config.idle_timeout);
         }
+    }
+
+    /// A deferred response is due: the service writes it now.
+    fn resume(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>, d: Deferred) {
+        let draining = conn.is_draining();
+        let close = !d.keep_alive || (draining || state.close_after) && d.last_received;
+        let now = conn.now();
+        let mut res = Response {
+            out: conn.output(),
+            date: self.date.get(now),
+            close,
+            keep_alive_1_0: d.keep_alive && d.minor_version == 0,
+            head_only: d.head_only,
+            draining,
+            sent: false,
+            deferred: None,
+        };
+        self.service.resume(d.tag, &mut res);
+        if !res.sent {
+            res.text(Status::INTERNAL_ERROR, "no response");
+        }
+        self.finish(state, conn, close);
     }
 
     /// Answers with an error status and closes the connection. Returns `usize::MAX`:

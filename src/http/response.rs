@@ -154,6 +154,7 @@ pub struct Response<'a> {
     pub(crate) head_only: bool,
     pub(crate) draining: bool,
     pub(crate) sent: bool,
+    pub(crate) deferred: Option<(Duration, u64)>,
 }
 
 impl Response<'_> {
@@ -187,6 +188,16 @@ impl Response<'_> {
         self.out.extend_from_slice(b"\r\n");
         if !self.head_only {
             self.out.extend_from_slice(body);
+        }
+    }
+
+    /// Answers later instead of now, without holding up the worker: after `after`,
+    /// [`Service::resume`](super::Service::resume) is called with `tag` to write the
+    /// response. Meanwhile the connection reads nothing more (pipelined requests wait);
+    /// a drain that begins meanwhile lets it finish and closes the connection after it.
+    pub fn defer(&mut self, after: Duration, tag: u64) {
+        if !self.sent {
+            self.deferred = Some((after, tag));
         }
     }
 
@@ -273,6 +284,7 @@ mod tests {
             head_only: false,
             draining: false,
             sent: false,
+            deferred: None,
         };
         res.text(Status::NOT_FOUND, "nope");
         res.text(Status::OK, "ignored: one response per request");
