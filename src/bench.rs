@@ -77,6 +77,7 @@ impl Ops for Parked {
     fn cancel_recv(&mut self, _conn: ConnRef) {}
     fn cancel_send(&mut self, _conn: ConnRef) {}
     fn shutdown_write(&mut self, _conn: ConnRef, _fd: RawFd) {}
+    fn shutdown_both(&mut self, _conn: ConnRef, _fd: RawFd) {}
     fn close(&mut self, _conn: ConnRef, _fd: RawFd) {}
     fn cancel_accept(&mut self) {}
     fn close_listener(&mut self, _backlog: &mut Vec<RawFd>) -> Option<i32> {

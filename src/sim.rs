@@ -147,6 +147,18 @@ impl Ops for Kernel {
         }
     }
 
+    fn shutdown_both(&mut self, conn: ConnRef, _fd: RawFd) {
+        self.ops += 1;
+        if let Some(p) = self.peer_of(conn) {
+            p.eof = true;
+            if p.recv_armed {
+                p.recv_armed = false;
+                self.completions
+                    .push_back(Pending::RecvEnded(conn, RecvEnd::Eof));
+            }
+        }
+    }
+
     fn close(&mut self, conn: ConnRef, _fd: RawFd) {
         self.ops += 1;
         if let Some(p) = self.peer_of(conn) {

@@ -286,10 +286,17 @@ impl<S> Connection<S> {
             && self.out.is_empty()
         {
             let silent = linger.now.saturating_duration_since(self.last_input);
-            if self.read_done || silent >= linger.time {
-                // The peer sent FIN, or has been silent for a whole linger already: no
-                // byte of it is on the way, so the close itself sends a clean FIN.
+            if self.read_done {
                 self.closing = Closing::Now(reason);
+            } else if silent >= linger.time {
+                // Silent for a whole linger already: no byte of the peer is on the way.
+                // Shutting down both directions sends the FIN now and ends the receive
+                // in flight (it completes with EOF), which saves cancelling it.
+                self.closing = Closing::Now(reason);
+                ops.shutdown_both(self.conn_ref(), self.fd);
+                if self.recv == Recv::Armed {
+                    self.recv = Recv::Cancelling;
+                }
             } else {
                 self.closing = Closing::Lingering(reason);
                 ops.shutdown_write(self.conn_ref(), self.fd);

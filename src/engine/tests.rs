@@ -16,6 +16,7 @@ enum Op {
     CancelRecv(ConnRef),
     CancelSend(ConnRef),
     Shutdown(ConnRef),
+    ShutdownBoth(ConnRef),
     Close(ConnRef),
     CancelAccept,
     CloseListener,
@@ -49,6 +50,9 @@ impl Ops for Rec {
     }
     fn shutdown_write(&mut self, conn: ConnRef, _fd: i32) {
         self.ops.push(Op::Shutdown(conn));
+    }
+    fn shutdown_both(&mut self, conn: ConnRef, _fd: i32) {
+        self.ops.push(Op::ShutdownBoth(conn));
     }
     fn close(&mut self, conn: ConnRef, _fd: i32) {
         self.ops.push(Op::Close(conn));

@@ -487,6 +487,15 @@ impl Ops for Io {
         }
     }
 
+    fn shutdown_both(&mut self, conn: ConnRef, fd: RawFd) {
+        // SAFETY: shutdown on a socket this worker owns until its close.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+        // The socket now reads EOF; no new edge may announce it.
+        self.deferred.push_back(Deferred::TryRead(conn));
+    }
+
     fn close(&mut self, conn: ConnRef, fd: RawFd) {
         if let Some(slot) = self.slot_mut(conn) {
             slot.fd = -1;

@@ -109,6 +109,9 @@ pub(crate) trait Ops {
     /// block, and io_uring's IORING_OP_SHUTDOWN always goes through a kernel worker
     /// thread, which costs a thread hand-off per connection.
     fn shutdown_write(&mut self, conn: ConnRef, fd: RawFd);
+    /// Shut down both directions now (FIN; a receive in flight ends with EOF).
+    /// Synchronous, like [`Ops::shutdown_write`].
+    fn shutdown_both(&mut self, conn: ConnRef, fd: RawFd);
     /// Close the descriptor; [`Event::Closed`] follows. Only issued with no op in flight.
     fn close(&mut self, conn: ConnRef, fd: RawFd);
     /// Cancel the accept; its [`Event::AcceptEnded`] follows (if it was armed).

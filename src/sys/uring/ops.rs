@@ -133,6 +133,13 @@ impl Ops for SqOps<'_, '_> {
         }
     }
 
+    fn shutdown_both(&mut self, _conn: ConnRef, fd: RawFd) {
+        // SAFETY: as in `shutdown_write`.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    }
+
     fn close(&mut self, conn: ConnRef, fd: RawFd) {
         let entry = opcode::Close::new(Fd(fd)).build();
         self.push(entry.user_data(encode(Kind::Close, conn)));
