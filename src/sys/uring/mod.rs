@@ -126,7 +126,10 @@ impl UringWorker {
     /// engine is done. `Release`: cancel the backend's reads and reap every completion
     /// still owed, so the ring is never dropped with an operation in flight.
     fn drive<H: Handler>(&mut self, engine: &mut Engine<H>, mode: Mode) -> io::Result<()> {
-        let (submitter, mut sq, mut cq) = self.ring.split();
+        let (mut submitter, mut sq, mut cq) = self.ring.split();
+        // The ring's own fd, registered: each io_uring_enter skips the fd lookup. Best
+        // effort (Linux 5.18); the release loop runs without it.
+        let registered = mode == Mode::Serve && submitter.register_ring_fd().is_ok();
         let mut own = OwnReads {
             signal_fd: self.signalfd,
             signal_buf: &mut self.signal_buf,
@@ -205,6 +208,9 @@ impl UringWorker {
         }
         self.multishot_accept = io.multishot_accept;
         self.multishot_recv = io.multishot_recv;
+        if registered {
+            let _ = submitter.unregister_ring_fd();
+        }
         Ok(())
     }
 }
