@@ -26,7 +26,7 @@ use crate::shared::Shared;
 use crate::signal::{SIGINFO_SIZE, signo};
 use crate::stats::WorkerReport;
 use crate::sys::token::{Kind, NO_CONN, decode, encode};
-use crate::sys::{ConnRef, Event, Ops, OutBuf, RecvEnd};
+use crate::sys::{ConnRef, Event, Ops, OutBuf, RecvEnd, socket};
 
 /// How much one read takes at most (one buffer, reused for every connection).
 const READ_CHUNK: usize = 64 * 1024;
@@ -481,17 +481,11 @@ impl Ops for Io {
     }
 
     fn shutdown_write(&mut self, _conn: ConnRef, fd: RawFd) {
-        // SAFETY: shutdown on a socket this worker owns until its close.
-        unsafe {
-            libc::shutdown(fd, libc::SHUT_WR);
-        }
+        socket::shutdown(fd, libc::SHUT_WR);
     }
 
     fn shutdown_both(&mut self, conn: ConnRef, fd: RawFd) {
-        // SAFETY: shutdown on a socket this worker owns until its close.
-        unsafe {
-            libc::shutdown(fd, libc::SHUT_RDWR);
-        }
+        socket::shutdown(fd, libc::SHUT_RDWR);
         // The socket now reads EOF; no new edge may announce it.
         self.deferred.push_back(Deferred::TryRead(conn));
     }
@@ -519,27 +513,8 @@ impl Ops for Io {
 
     fn close_listener(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32> {
         let listener = self.listener.take()?;
-        let fd = listener.as_raw_fd();
-        let stopped = loop {
-            // SAFETY: as in `accept_ready`.
-            let conn = unsafe {
-                libc::accept4(
-                    fd,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                )
-            };
-            if conn >= 0 {
-                backlog.push(conn);
-                continue;
-            }
-            match errno() {
-                libc::EAGAIN => break None,
-                libc::EINTR | libc::ECONNABORTED => continue,
-                e => break Some(e),
-            }
-        };
+        let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+        let stopped = socket::accept_all(listener.as_raw_fd(), flags, backlog);
         drop(listener);
         stopped
     }

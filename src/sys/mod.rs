@@ -14,6 +14,7 @@ use std::os::fd::RawFd;
 use std::{fmt, io};
 
 pub(crate) mod epoll;
+pub(crate) mod socket;
 pub(crate) mod token;
 pub(crate) mod uring;
 

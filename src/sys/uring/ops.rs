@@ -15,7 +15,7 @@ use socket2::Socket;
 use crate::log;
 use crate::shared::Shared;
 use crate::sys::token::{Kind, NO_CONN, encode};
-use crate::sys::{ConnRef, Ops, OutBuf};
+use crate::sys::{ConnRef, Ops, OutBuf, socket};
 
 /// What the SQE builders need, borrowed from the worker for one turn.
 pub(crate) struct SqOps<'a, 'r> {
@@ -125,19 +125,11 @@ impl Ops for SqOps<'_, '_> {
     }
 
     fn shutdown_write(&mut self, _conn: ConnRef, fd: RawFd) {
-        // SAFETY: shutdown on a socket descriptor this worker owns (the connection's slot
-        // keeps it open until its close completes). Errors (ENOTCONN after a reset) only
-        // mean there is nothing left to shut down.
-        unsafe {
-            libc::shutdown(fd, libc::SHUT_WR);
-        }
+        socket::shutdown(fd, libc::SHUT_WR);
     }
 
     fn shutdown_both(&mut self, _conn: ConnRef, fd: RawFd) {
-        // SAFETY: as in `shutdown_write`.
-        unsafe {
-            libc::shutdown(fd, libc::SHUT_RDWR);
-        }
+        socket::shutdown(fd, libc::SHUT_RDWR);
     }
 
     fn close(&mut self, conn: ConnRef, fd: RawFd) {
@@ -152,28 +144,7 @@ impl Ops for SqOps<'_, '_> {
 
     fn close_listener(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32> {
         let listener = self.listener.take()?;
-        let fd = listener.as_raw_fd();
-        let stopped = loop {
-            // SAFETY: accept4 on a listening socket this worker owns; null address
-            // pointers are allowed. The listener is non-blocking, so this ends at EAGAIN.
-            let conn = unsafe {
-                libc::accept4(
-                    fd,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
-            };
-            if conn >= 0 {
-                backlog.push(conn);
-                continue;
-            }
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EAGAIN) => break None,
-                Some(libc::EINTR | libc::ECONNABORTED) => continue,
-                errno => break errno,
-            }
-        };
+        let stopped = socket::accept_all(listener.as_raw_fd(), libc::SOCK_CLOEXEC, backlog);
         drop(listener);
         stopped
     }
