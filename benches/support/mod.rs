@@ -6,6 +6,15 @@
 //! - [`epoll`]: the minimal epoll set both client sides use.
 //! - [`idle`]: idle connections held open in epoll, reporting how each one ended.
 //! - [`stats`]: medians and percentiles over runs.
+//! - [`httpwire`]: the client's side of HTTP/1.1 (request, response parser, idle
+//!   keep-alive connections); [`httpgen`]: the drain-aware HTTP load generator.
+//! - [`timeline`]: per-millisecond client-side timelines around a signal, as CSV.
+//! - [`floor`]: the kernel's cost of closing N loopback connections (a child role).
+//! - [`hyper_drain`]: the hyper 1.x peer drained by hyper-util's `GracefulShutdown`.
+//! - [`peers`]: nginx and Go's net/http as peer servers, where installed.
+//! - [`svg`]: a small SVG line-chart writer.
+//! - [`drain_servers`]: the servers `drain_http` stops, started and timed alike;
+//!   [`drain_report`]: its runs, tables and JSON line.
 //! - [`ServerProcess`] (here): a server under test run as a pinned child process that
 //!   prints the address it listens on; killed (by its PID only) when done with, or
 //!   asked to stop with SIGTERM and timed until it exits ([`ServerProcess::terminate`]).
@@ -17,12 +26,21 @@
 // Every bench binary compiles this whole tree but uses only part of it.
 #![allow(dead_code)]
 
+pub mod drain_report;
+pub mod drain_servers;
 pub mod epoll;
+pub mod floor;
+pub mod httpgen;
+pub mod httpwire;
+pub mod hyper_drain;
 pub mod idle;
 pub mod loadgen;
+pub mod peers;
 pub mod pin;
 pub mod procstat;
 pub mod stats;
+pub mod svg;
+pub mod timeline;
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::SocketAddr;

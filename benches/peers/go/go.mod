@@ -1,0 +1,3 @@
+module gracering/benches/peers/go
+
+go 1.19

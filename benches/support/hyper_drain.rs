@@ -1,0 +1,179 @@
+//! The dev-only hyper peer of the HTTP drain benchmark: hyper 1.x on a tokio
+//! current-thread runtime, drained on SIGTERM the way hyper-util's `GracefulShutdown`
+//! does it: a watch channel tells every connection task to call hyper's
+//! `Connection::graceful_shutdown`, then the server waits for every task to end.
+//! (hyper-util's type itself needs its `http1` feature, which the dev-dependency does
+//! not enable; the mechanism is the same few lines.)
+//!
+//! Routes as gracering's `http` example: `GET /` answers `Hello, World!`, `GET
+//! /slow?ms=N` answers `slow` after N ms (a tokio sleep, so the thread stays free).
+//! On SIGTERM (read from a signalfd) it drops the listener, asks every connection to
+//! shut down gracefully (idle ones close at once, busy ones after their response) and
+//! waits for them, at most the grace period (`GRACERING_BENCH_GRACE_MS`, 5000). It
+//! prints one JSON line `{"drain":{...}}` on stderr and exits 0, or 3 when the grace
+//! period ran out and the rest was cut (the runtime dropped with its connections).
+//! It serves on `GRACERING_BENCH_ADDR` (`127.0.0.1:0`) and prints
+//! `hyper-drain: listening on IP:PORT` on stdout.
+
+use std::convert::Infallible;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// The role name (`GRACERING_BENCH_ROLE`) that runs [`run`].
+pub const ROLE: &str = "hyper-drain";
+/// The peer exits by itself after this long, whatever happens to the benchmark.
+const LIFETIME: Duration = Duration::from_secs(600);
+/// Exit code when the grace period ran out, as gracering's examples use.
+const EXIT_CUT: i32 = 3;
+
+type Error = Box<dyn std::error::Error>;
+
+/// Serves until SIGTERM, drains, and exits the process (see the module docs).
+pub fn run() -> Result<(), Error> {
+    let addr = std::env::var("GRACERING_BENCH_ADDR").unwrap_or("127.0.0.1:0".into());
+    let grace_ms = std::env::var("GRACERING_BENCH_GRACE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    // Before any thread starts, so that no thread can take SIGTERM's default action.
+    let signals = sigterm_fd()?;
+    // Normally stopped by the benchmark (or killed with it, by PR_SET_PDEATHSIG).
+    std::thread::spawn(|| {
+        std::thread::sleep(LIFETIME);
+        std::process::exit(1);
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let code = runtime.block_on(serve(&addr, signals, Duration::from_millis(grace_ms)))?;
+    // Dropping the runtime drops whatever connection tasks are left: they are closed.
+    drop(runtime);
+    std::process::exit(code);
+}
+
+/// Blocks SIGTERM for this thread (and the threads it starts) and returns a
+/// non-blocking signalfd that turns readable when SIGTERM arrives.
+fn sigterm_fd() -> io::Result<OwnedFd> {
+    // SAFETY: `sigset_t` is plain data; `sigemptyset`/`sigaddset` initialise it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t; SIGTERM is a valid signal.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+    }
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    let err = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    let flags = libc::SFD_NONBLOCK | libc::SFD_CLOEXEC;
+    // SAFETY: -1 asks for a new signalfd; `set` is a valid, initialised sigset_t.
+    let fd = unsafe { libc::signalfd(-1, &set, flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Serves until SIGTERM, then drains; returns the exit code.
+async fn serve(addr: &str, signals: OwnedFd, grace: Duration) -> Result<i32, Error> {
+    let listener = TcpListener::bind(addr).await?;
+    // SAFETY: an `OwnedFd` keeps its descriptor open, and `as_raw_fd` returns that
+    // same descriptor, for as long as the `AsyncFd` owns it.
+    let signals = unsafe { AsyncFd::register_with_interest(signals, Interest::READABLE) }
+        .map_err(io::Error::from)?;
+    // Rust's stdout is line-buffered: the line leaves at once.
+    println!("hyper-drain: listening on {}", listener.local_addr()?);
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            ready = signals.readable() => {
+                // The signal is left unread: the process is on its way out.
+                ready?.retain_ready();
+                break;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    if stream.set_nodelay(true).is_err() {
+                        continue;
+                    }
+                    tasks.spawn(connection(stream, stopped.clone()));
+                }
+                Err(e) => eprintln!("hyper-drain: accept: {e}"),
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    let began = Instant::now();
+    drop(listener);
+    let connections = tasks.len();
+    let _ = stop.send(true);
+    let all_done = async { while tasks.join_next().await.is_some() {} };
+    let clean = tokio::time::timeout(grace, all_done).await.is_ok();
+    eprintln!(
+        r#"{{"drain":{{"peer":"hyper","duration_ms":{:.3},"connections":{connections},"clean":{clean}}}}}"#,
+        began.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(if clean { 0 } else { EXIT_CUT })
+}
+
+/// Serves one connection until it ends; once `stop` turns true, asks hyper to finish
+/// gracefully (an idle connection closes at once, a busy one after its response).
+async fn connection(stream: TcpStream, mut stop: watch::Receiver<bool>) {
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service_fn(route));
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        // Clients reset or leave in the middle of a drain: errors are expected.
+        _ = conn.as_mut() => return,
+        _ = async { stop.wait_for(|&stop| stop).await.is_ok() } => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+async fn route(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    let (status, body) = match req.uri().path() {
+        "/" if get => (StatusCode::OK, "Hello, World!"),
+        "/slow" if get => match slow_ms(req.uri().query()) {
+            Some(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                (StatusCode::OK, "slow")
+            }
+            None => (StatusCode::BAD_REQUEST, "bad ms"),
+        },
+        _ => (StatusCode::NOT_FOUND, "not found"),
+    };
+    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(res)
+}
+
+/// The `ms=N` of a query string.
+fn slow_ms(query: Option<&str>) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
+}
