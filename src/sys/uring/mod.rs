@@ -160,6 +160,7 @@ impl UringWorker {
                 msg_ring: self.features.msg_ring,
                 multishot_accept: io.multishot_accept,
                 multishot_recv: io.multishot_recv,
+                submitted_early: false,
             };
             match (mode, first) {
                 (Mode::Serve, true) => {

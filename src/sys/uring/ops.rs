@@ -33,6 +33,8 @@ pub(crate) struct SqOps<'a, 'r> {
     pub msg_ring: bool,
     pub multishot_accept: bool,
     pub multishot_recv: bool,
+    /// The queued entries were handed to the kernel before this turn's first shutdown.
+    pub submitted_early: bool,
 }
 
 impl SqOps<'_, '_> {
@@ -40,6 +42,18 @@ impl SqOps<'_, '_> {
     pub fn push(&mut self, entry: Entry) {
         *self.inflight += 1;
         self.push_uncounted(entry);
+    }
+
+    /// A drain can shut down a thousand connections in one turn, each a synchronous
+    /// syscall: hand the sends already queued to the kernel first, so responses of busy
+    /// connections do not wait behind them. Once per turn, and only when closing.
+    fn submit_before_syscalls(&mut self) {
+        if !self.submitted_early && !self.sq.is_empty() {
+            self.submitted_early = true;
+            self.sq.sync();
+            let _ = self.submitter.submit();
+            self.sq.sync();
+        }
     }
 
     /// Queues an entry that posts no completion on success (SKIP_SUCCESS).
@@ -125,10 +139,12 @@ impl Ops for SqOps<'_, '_> {
     }
 
     fn shutdown_write(&mut self, _conn: ConnRef, fd: RawFd) {
+        self.submit_before_syscalls();
         socket::shutdown(fd, libc::SHUT_WR);
     }
 
     fn shutdown_both(&mut self, _conn: ConnRef, fd: RawFd) {
+        self.submit_before_syscalls();
         socket::shutdown(fd, libc::SHUT_RDWR);
     }
 
