@@ -202,8 +202,19 @@ impl<'a> Driver<'a> {
     /// Opens slot `token`'s connection and sends its first request.
     fn connect(&mut self, token: usize) -> io::Result<()> {
         let signalled = self.cfg.signal.get().is_some();
-        let stream = match TcpStream::connect_timeout(&self.cfg.addr, self.cfg.timeout) {
+        // After the signal a draining server refuses new handshakes by dropping their SYN
+        // (the client would retry after a second, then be refused): don't let one such
+        // connect stall every other connection of this single-threaded generator.
+        let timeout = match signalled {
+            true => self.cfg.timeout.min(Duration::from_millis(20)),
+            false => self.cfg.timeout,
+        };
+        let stream = match TcpStream::connect_timeout(&self.cfg.addr, timeout) {
             Ok(stream) => stream,
+            Err(e) if signalled && e.kind() == io::ErrorKind::TimedOut => {
+                self.report.refused_after_signal += 1;
+                return Ok(());
+            }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 match signalled {
                     true => self.report.refused_after_signal += 1,

@@ -504,6 +504,9 @@ impl Ops for Io {
     }
 
     fn cancel_accept(&mut self) {
+        if let Some(listener) = self.listener.as_ref() {
+            socket::refuse_new_handshakes(listener.as_raw_fd());
+        }
         if self.accept_armed {
             self.accept_armed = false;
             self.deferred
@@ -513,6 +516,7 @@ impl Ops for Io {
 
     fn close_listener(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32> {
         let listener = self.listener.take()?;
+        socket::refuse_new_handshakes(listener.as_raw_fd());
         let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
         let stopped = socket::accept_all(listener.as_raw_fd(), flags, backlog);
         drop(listener);

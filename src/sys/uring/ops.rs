@@ -154,12 +154,16 @@ impl Ops for SqOps<'_, '_> {
     }
 
     fn cancel_accept(&mut self) {
+        if let Some(listener) = self.listener.as_ref() {
+            socket::refuse_new_handshakes(listener.as_raw_fd());
+        }
         let entry = opcode::AsyncCancel::new(encode(Kind::Accept, NO_CONN)).build();
         self.push(entry.user_data(encode(Kind::Cancel, NO_CONN)));
     }
 
     fn close_listener(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32> {
         let listener = self.listener.take()?;
+        socket::refuse_new_handshakes(listener.as_raw_fd());
         let stopped = socket::accept_all(listener.as_raw_fd(), libc::SOCK_CLOEXEC, backlog);
         drop(listener);
         stopped
