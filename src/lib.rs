@@ -68,7 +68,10 @@
 //! ## Modules
 //!
 //! - `engine`: connection state and handler calls; no syscalls.
-//! - `sys`: the backend boundary (events in, operations out) and the io_uring backend.
+//! - `sys`: the backend boundary (events in, operations out), the io_uring backend and
+//!   the epoll backend it falls back to ([`Backend`]).
+//! - `drain`, `shared`, `signal`: the shutdown sequence ([`ShutdownHandle`]).
+//! - [`http`]: HTTP/1.1 on the engine.
 //! - [`sim`]: an in-memory backend, to drive a handler and the engine without a kernel.
 //! - `listener`, `cpu`, `buf`: listening sockets, CPU pinning, output buffers.
 
