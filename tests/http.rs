@@ -386,6 +386,17 @@ fn readyz_fails_from_the_first_instant_of_the_drain_and_responses_close() {
     assert!(closed);
     let (resp, _) = exchange(server.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(resp.status, 200, "liveness stays up");
+    // The same, through curl: what a probe or a load balancer sees.
+    let url = |path: &str| format!("http://{}{path}", server.addr);
+    let code = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url(path)])
+            .output()
+            .expect("curl is required for this test (.ci/run installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(code("/readyz"), "503");
+    assert_eq!(code("/healthz"), "200");
     // The open keep-alive connection was idle: closed at once, cleanly.
     let mut rest = Vec::new();
     r.read_to_end(&mut rest).expect("clean close");
