@@ -48,15 +48,13 @@ mod support;
 
 use std::env;
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use support::settings::env_or;
 use support::stats::{median, quantile, quantile_label};
-use support::{ServerProcess, idle, loadgen, pin};
+use support::{ServerProcess, build, idle, loadgen, peer, pin};
 
 const SERVER_CPU: usize = 0;
 const CLIENT_CPU: usize = 1;
@@ -66,7 +64,7 @@ const PING: usize = 16;
 const MESSAGE: usize = 64;
 /// Time a server gets to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time allowed for opening all idle connections (or the floor's connections).
+/// Time allowed for opening all idle connections.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a server gets from SIGTERM to exit before it is killed (gracering's grace
 /// period is 25 s by default).
@@ -91,13 +89,7 @@ fn main() -> ExitCode {
         Ok("floor") => floor::run(),
         _ => bench(),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("drain_echo: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    peer::exit_code("drain_echo", result)
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -197,16 +189,6 @@ impl Settings {
     }
 }
 
-fn env_or<T: FromStr>(name: &str, default: T) -> Result<T, Error> {
-    match env::var(name) {
-        Ok(value) => value
-            .trim()
-            .parse()
-            .map_err(|_| format!("bad {name}: {value:?}").into()),
-        Err(_) => Ok(default),
-    }
-}
-
 /// What one run of one subject measured.
 #[derive(Default)]
 struct Run {
@@ -257,7 +239,10 @@ impl Run {
 fn bench() -> Result<(), Error> {
     let s = Settings::from_env()?;
     let echo_example = match s.subjects.contains(&Subject::Gracering) {
-        true => build_echo_example()?,
+        true => build::build_example(
+            "echo",
+            Some("set BENCH_SERVERS=tokio,floor to measure the references alone"),
+        )?,
         false => PathBuf::new(),
     };
     // Everything of ours runs on the client CPU; servers are pinned to theirs at spawn.
@@ -290,24 +275,6 @@ fn bench() -> Result<(), Error> {
     print_table(&s, &summaries);
     println!("{}", json_line(&s, &summaries));
     Ok(())
-}
-
-/// Builds gracering's echo example in release mode; returns the binary's path.
-fn build_echo_example() -> Result<PathBuf, Error> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cargo = env::var_os("CARGO").unwrap_or("cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--example", "echo"])
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        let hint = "set BENCH_SERVERS=tokio,floor to measure the references alone";
-        return Err(
-            format!("`cargo build --release --example echo` failed ({status}); {hint}").into(),
-        );
-    }
-    let target = env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), |d| root.join(d));
-    Ok(target.join("release/examples/echo"))
 }
 
 /// One drain of one server: idle connections and load, SIGTERM, and how it all ended.
@@ -347,7 +314,7 @@ fn measure_drain(subject: Subject, echo_example: &Path, s: &Settings) -> Result<
     }
     let last_close = idle.last_end.max(load.last_close);
     let drain_line = exit.stderr.lines().rev().find(|l| l.contains("\"drain\""));
-    let num = |key| drain_line.and_then(|l| json_number(l, key));
+    let num = |key| drain_line.and_then(|l| support::floor::json_number(l, key));
     let mut note = String::new();
     if subject == Subject::Gracering {
         let int = |key| num(key).map_or("?".into(), |v| format!("{v:.0}"));
@@ -412,7 +379,7 @@ fn measure_floor(subject: Subject, s: &Settings) -> Result<Run, Error> {
     let (Some(line), true) = (line, out.status.success()) else {
         return Err(format!("floor failed ({}): {}", out.status, out.stderr.trim()).into());
     };
-    let num = |key| json_number(line, key);
+    let num = |key| support::floor::json_number(line, key);
     let count = |key| num(key).unwrap_or(0.0) as u64;
     Ok(Run {
         exit_ms: num("close_ms").ok_or("floor: no close_ms")?,
@@ -440,15 +407,6 @@ fn half_ended(ends: &[Instant]) -> Option<Instant> {
     let mut ends = ends.to_vec();
     ends.sort();
     ends.get(ends.len().saturating_sub(1) / 2).copied()
-}
-
-/// The number after `"key":` in a flat JSON text (the first occurrence); None for
-/// `null` or a missing key.
-fn json_number(text: &str, key: &str) -> Option<f64> {
-    let start = text.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let rest = &text[start..];
-    let end = rest.find([',', '}', ']']).unwrap_or(rest.len());
-    rest[..end].trim().parse().ok()
 }
 
 fn opt_ms(v: Option<f64>) -> String {
@@ -717,20 +675,8 @@ mod floor {
 
     pub fn run() -> Result<(), Error> {
         let n: usize = env_or("GRACERING_BENCH_FLOOR_N", 1100)?;
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
-        let deadline = Instant::now() + OPEN_TIMEOUT;
-        let (mut clients, mut servers) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for _ in 0..n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err("floor: opening the connections took too long".into());
-            }
-            let (client, server) = open_pair(&listener, &addr, left)?;
-            clients.push(client);
-            servers.push(server);
-        }
-        drop(listener);
+        // One round trip each, within 30 s, as the shared floor's.
+        let (clients, mut servers) = support::floor::open_pairs(n)?;
         let holders = idle::hold(clients, Some(CLIENT_CPU), FLOOR_TIMEOUT / 2)?;
         let fin = match env::var("GRACERING_BENCH_FLOOR_MODE").as_deref() {
             Ok("fin") => true,
@@ -789,35 +735,13 @@ mod floor {
         );
         Ok(())
     }
-
-    /// Connects one client to `listener`, accepts it, and does one round trip.
-    fn open_pair(
-        listener: &TcpListener,
-        addr: &std::net::SocketAddr,
-        timeout: Duration,
-    ) -> io::Result<(TcpStream, TcpStream)> {
-        let mut client = TcpStream::connect_timeout(addr, timeout)?;
-        // The connection is complete, so it waits in the accept queue: no blocking here.
-        let (mut server, _) = listener.accept()?;
-        for s in [&client, &server] {
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
-        }
-        let mut buf = [0u8; PING];
-        client.write_all(&[7; PING])?;
-        server.read_exact(&mut buf)?;
-        server.write_all(&buf)?;
-        client.read_exact(&mut buf)?;
-        Ok((client, server))
-    }
 }
 
 /// The dev-only peer: a tokio current-thread echo server with a graceful drain.
 mod tokio_peer {
-    use super::{Error, PEER_LIFETIME, env_or};
+    use super::{Error, PEER_LIFETIME, env_or, peer};
     use std::io;
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::fd::OwnedFd;
     use std::time::{Duration, Instant};
     use tokio::io::unix::AsyncFd;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -829,42 +753,9 @@ mod tokio_peer {
         let addr = std::env::var("GRACERING_BENCH_ADDR").unwrap_or("127.0.0.1:0".into());
         let linger = Duration::from_millis(env_or("GRACERING_BENCH_LINGER_MS", 1000)?);
         // Before any thread starts, so that no thread can take SIGTERM's default action.
-        let signals = sigterm_fd()?;
+        let signals = peer::sigterm_fd()?;
         // Normally stopped by the benchmark (or killed with it, by PR_SET_PDEATHSIG).
-        std::thread::spawn(|| {
-            std::thread::sleep(PEER_LIFETIME);
-            std::process::exit(1);
-        });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()?;
-        runtime.block_on(serve(&addr, signals, linger))
-    }
-
-    /// Blocks SIGTERM for this thread (and the threads it starts) and returns a
-    /// non-blocking signalfd that turns readable when SIGTERM arrives.
-    fn sigterm_fd() -> io::Result<OwnedFd> {
-        // SAFETY: `sigset_t` is plain data; `sigemptyset`/`sigaddset` initialise it.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid, writable sigset_t; SIGTERM is a valid signal.
-        unsafe {
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-        }
-        // SAFETY: `set` is initialised; a null old-set pointer is allowed.
-        let err = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-        if err != 0 {
-            return Err(io::Error::from_raw_os_error(err));
-        }
-        let flags = libc::SFD_NONBLOCK | libc::SFD_CLOEXEC;
-        // SAFETY: -1 asks for a new signalfd; `set` is a valid, initialised sigset_t.
-        let fd = unsafe { libc::signalfd(-1, &set, flags) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just returned this descriptor and nothing else owns it.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        peer::run_peer(PEER_LIFETIME, 1, serve(&addr, signals, linger))?
     }
 
     async fn serve(addr: &str, signals: OwnedFd, linger: Duration) -> Result<(), Error> {

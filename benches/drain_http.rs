@@ -54,16 +54,16 @@
 mod support;
 
 use std::env;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::str::FromStr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use support::drain_report::{self, Run, Summary};
 use support::drain_servers::{self, Kind, Spec};
+use support::settings::env_or;
 use support::timeline::{self, ms_since};
-use support::{floor, httpgen, httpwire, hyper_drain, idle, pin};
+use support::{build, floor, httpgen, httpwire, hyper_drain, idle, peer, pin};
 
 const SERVER_CPU: usize = 0;
 const CLIENT_CPU: usize = 1;
@@ -87,13 +87,7 @@ fn main() -> ExitCode {
         Ok(hyper_drain::ROLE) => hyper_drain::run(),
         _ => bench(),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("drain_http: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    peer::exit_code("drain_http", result)
 }
 
 /// One scenario's conditions.
@@ -203,22 +197,11 @@ fn list(name: &str, default: &str) -> Vec<String> {
         .collect()
 }
 
-fn env_or<T: FromStr>(name: &str, default: T) -> Result<T, Error> {
-    match env::var(name) {
-        Ok(value) => value
-            .trim()
-            .parse()
-            .map_err(|_| format!("bad {name}: {value:?}").into()),
-        Err(_) => Ok(default),
-    }
-}
-
 fn bench() -> Result<(), Error> {
     let mut s = Settings::from_env()?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), |d| root.join(d));
+    let target = build::target_dir();
     let example = match s.servers.contains(&Kind::Gracering) {
-        true => build_http_example(root, &target)?,
+        true => build::build_example("http", None)?,
         false => PathBuf::new(),
     };
     let out_dir = target.join("drain_http");
@@ -341,18 +324,6 @@ fn bench() -> Result<(), Error> {
 }
 
 /// Builds gracering's `http` example in release mode; returns the binary's path.
-fn build_http_example(root: &Path, target: &Path) -> Result<PathBuf, Error> {
-    let cargo = env::var_os("CARGO").unwrap_or("cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--example", "http"])
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        return Err(format!("`cargo build --release --example http` failed ({status})").into());
-    }
-    Ok(target.join("release/examples/http"))
-}
-
 /// One drain of one server; `None` when the server is not available.
 fn measure(
     sc: &Scenario,

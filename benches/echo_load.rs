@@ -21,11 +21,11 @@ use std::env;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::str::FromStr;
 use std::time::Duration;
 
-use support::ServerProcess;
 use support::loadgen::{self, Report};
+use support::settings::env_or;
+use support::{ServerProcess, build, peer};
 
 const SERVER_CPU: usize = 0;
 const LOAD_CPU: usize = 1;
@@ -45,13 +45,7 @@ fn main() -> ExitCode {
         Ok("tokio-echo") => tokio_peer::run(),
         _ => bench(),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("echo_load: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    peer::exit_code("echo_load", result)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -126,16 +120,6 @@ impl Settings {
     }
 }
 
-fn env_or<T: FromStr>(name: &str, default: T) -> Result<T, Error> {
-    match env::var(name) {
-        Ok(value) => value
-            .trim()
-            .parse()
-            .map_err(|_| format!("bad {name}: {value:?}").into()),
-        Err(_) => Ok(default),
-    }
-}
-
 fn bench() -> Result<(), Error> {
     let s = Settings::from_env()?;
     let gracering = s
@@ -143,7 +127,10 @@ fn bench() -> Result<(), Error> {
         .iter()
         .any(|s| matches!(s, Server::Gracering | Server::GraceringEpoll));
     let echo_example = match gracering {
-        true => build_echo_example()?,
+        true => build::build_example(
+            "echo",
+            Some("set GRACERING_BENCH_SERVERS=tokio to measure the tokio peer alone"),
+        )?,
         false => PathBuf::new(),
     };
     println!(
@@ -166,24 +153,6 @@ fn bench() -> Result<(), Error> {
     print_table(&summaries);
     println!("{}", json_line(&s, &summaries));
     Ok(())
-}
-
-/// Builds gracering's echo example in release mode; returns the binary's path.
-fn build_echo_example() -> Result<PathBuf, Error> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cargo = env::var_os("CARGO").unwrap_or("cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--example", "echo"])
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        let hint = "set GRACERING_BENCH_SERVERS=tokio to measure the tokio peer alone";
-        return Err(
-            format!("`cargo build --release --example echo` failed ({status}); {hint}").into(),
-        );
-    }
-    let target = env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), |d| root.join(d));
-    Ok(target.join("release/examples/echo"))
 }
 
 /// One run: start the server, load it, kill it.
@@ -314,21 +283,16 @@ fn json_line(s: &Settings, summaries: &[Summary]) -> String {
 
 /// The dev-only peer: a tokio current-thread echo server.
 mod tokio_peer {
-    use super::{Error, PEER_LIFETIME};
+    use super::{Error, PEER_LIFETIME, peer};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
     pub fn run() -> Result<(), Error> {
         let addr = std::env::var("GRACERING_BENCH_ADDR").unwrap_or("127.0.0.1:0".into());
-        // Normally killed by the benchmark (or with it, by PR_SET_PDEATHSIG); a last resort.
-        std::thread::spawn(|| {
-            std::thread::sleep(PEER_LIFETIME);
-            std::process::exit(0);
-        });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()?;
-        runtime.block_on(serve(&addr))
+        // Normally killed by the benchmark (or with it, by PR_SET_PDEATHSIG); no time
+        // driver, as the peer has no use for one.
+        let mut runtime = tokio::runtime::Builder::new_current_thread();
+        peer::run_peer_on(runtime.enable_io(), PEER_LIFETIME, 0, serve(&addr))?
     }
 
     async fn serve(addr: &str) -> Result<(), Error> {

@@ -52,13 +52,22 @@
 
 // The shared bench code this binary needs, each file included on its own so that the
 // rest of `benches/support` may change without touching this benchmark. `loadgen` finds
-// `epoll`, `pin` and `procstat` here, at the level above it, as it would in `support`.
+// `epoll`, `pin` and `procstat` here, at the level above it, as it would in `support`,
+// and `peers` finds `build` so.
+#[allow(dead_code)]
+#[path = "support/build.rs"]
+mod build;
 #[allow(dead_code)]
 #[path = "support/epoll.rs"]
 mod epoll;
+#[path = "support/hyper_hello.rs"]
+mod hyper_hello;
 #[allow(dead_code)]
 #[path = "support/loadgen.rs"]
 mod loadgen;
+#[allow(dead_code)]
+#[path = "support/peer.rs"]
+mod peer;
 #[allow(dead_code)]
 #[path = "support/peers.rs"]
 mod peers;
@@ -68,6 +77,8 @@ mod pin;
 #[allow(dead_code)]
 #[path = "support/procstat.rs"]
 mod procstat;
+#[path = "support/settings.rs"]
+mod settings;
 #[allow(dead_code)]
 #[path = "support/stats.rs"]
 mod stats;
@@ -81,10 +92,10 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use peers::PeerProcess;
+use settings::env_or;
 
 const SERVER_CPU: usize = 0;
 const LOAD_CPU: usize = 1;
@@ -117,16 +128,10 @@ type Error = Box<dyn std::error::Error>;
 fn main() -> ExitCode {
     // `cargo bench` passes arguments such as `--bench`: there is nothing to take from them.
     let result = match env::var("GRACERING_BENCH_ROLE").as_deref() {
-        Ok("hyper-hello") => hyper_peer::run(),
+        Ok(hyper_hello::ROLE) => hyper_hello::run(PEER_LIFETIME, false),
         _ => bench(),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("footprint: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    peer::exit_code("footprint", result)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -203,21 +208,16 @@ impl Settings {
     }
 }
 
-fn env_or<T: FromStr>(name: &str, default: T) -> Result<T, Error> {
-    match env::var(name) {
-        Ok(value) => value
-            .trim()
-            .parse()
-            .map_err(|_| format!("bad {name}: {value:?}").into()),
-        Err(_) => Ok(default),
-    }
-}
-
 fn bench() -> Result<(), Error> {
     let s = Settings::from_env()?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), |d| root.join(d));
-    let examples = build_examples(root, &target)?;
+    let target = build::target_dir();
+    let examples = match build::build_examples(&["http", "echo"], None)?.as_slice() {
+        [http, echo] => Examples {
+            http: http.clone(),
+            echo: echo.clone(),
+        },
+        _ => unreachable!("two examples built, two paths"),
+    };
     let out_dir = target.join("footprint");
     println!(
         "footprint: servers on CPU {SERVER_CPU} (1 worker), clients on CPU {LOAD_CPU}; \
@@ -287,33 +287,6 @@ struct Examples {
     echo: PathBuf,
 }
 
-/// Builds gracering's `http` and `echo` examples in release mode.
-fn build_examples(root: &Path, target: &Path) -> Result<Examples, Error> {
-    let cargo = env::var_os("CARGO").unwrap_or("cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--example",
-            "http",
-            "--example",
-            "echo",
-        ])
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        return Err(format!(
-            "`cargo build --release --example http --example echo` failed ({status})"
-        )
-        .into());
-    }
-    let dir = target.join("release/examples");
-    Ok(Examples {
-        http: dir.join("http"),
-        echo: dir.join("echo"),
-    })
-}
-
 /// Starts `kind` pinned to the server CPU; `None` for a peer that is not installed.
 fn start(kind: Kind, examples: &Examples) -> Result<Option<PeerProcess>, Error> {
     let own = |name, mut cmd: Command| peers::start(name, &mut cmd, SERVER_CPU, libc::SIGTERM);
@@ -337,7 +310,7 @@ fn start(kind: Kind, examples: &Examples) -> Result<Option<PeerProcess>, Error> 
         }
         Kind::Hyper => {
             let mut cmd = Command::new(env::current_exe()?);
-            cmd.env("GRACERING_BENCH_ROLE", "hyper-hello")
+            cmd.env("GRACERING_BENCH_ROLE", hyper_hello::ROLE)
                 .env("GRACERING_BENCH_ADDR", "127.0.0.1:0");
             Some(own(kind.name(), cmd)?)
         }
@@ -899,69 +872,4 @@ fn json_line(s: &Settings, memory: &[Memory], shares: &[ShareSummary]) -> String
     }
     out.push_str("}}");
     out
-}
-
-/// The dev-only peer: hyper 1.x on a tokio current-thread runtime, one task per
-/// connection, answering `Hello, World!` as gracering's example does.
-mod hyper_peer {
-    use super::{Error, PEER_LIFETIME};
-    use std::convert::Infallible;
-
-    use http_body_util::Full;
-    use hyper::body::{Bytes, Incoming};
-    use hyper::header::{CONTENT_TYPE, HeaderValue};
-    use hyper::server::conn::http1;
-    use hyper::service::service_fn;
-    use hyper::{Method, Request, Response, StatusCode};
-    use hyper_util::rt::TokioIo;
-    use tokio::net::{TcpListener, TcpStream};
-
-    pub fn run() -> Result<(), Error> {
-        let addr = std::env::var("GRACERING_BENCH_ADDR").unwrap_or("127.0.0.1:0".into());
-        // Normally killed by the benchmark (or with it, by PR_SET_PDEATHSIG); a last resort.
-        std::thread::spawn(|| {
-            std::thread::sleep(PEER_LIFETIME);
-            std::process::exit(0);
-        });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(serve(&addr))
-    }
-
-    async fn serve(addr: &str) -> Result<(), Error> {
-        let listener = TcpListener::bind(addr).await?;
-        // Rust's stdout is line-buffered: the line leaves at once.
-        println!("hyper-hello: listening on {}", listener.local_addr()?);
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => drop(tokio::spawn(connection(stream))),
-                Err(e) => eprintln!("hyper-hello: accept: {e}"),
-            }
-        }
-    }
-
-    async fn connection(stream: TcpStream) {
-        if stream.set_nodelay(true).is_err() {
-            return;
-        }
-        let conn = http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service_fn(hello));
-        // Clients close their connections at the end of a run: errors then are expected.
-        let _ = conn.await;
-    }
-
-    async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-        let get = matches!(*req.method(), Method::GET | Method::HEAD);
-        let (status, body) = match req.uri().path() {
-            "/" if get => (StatusCode::OK, "Hello, World!"),
-            _ => (StatusCode::NOT_FOUND, "not found"),
-        };
-        let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-        *res.status_mut() = status;
-        res.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        Ok(res)
-    }
 }

@@ -37,10 +37,10 @@ use std::env;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use support::{ServerProcess, procstat, stats};
+use support::settings::env_or;
+use support::{ServerProcess, build, hyper_hello, peer, procstat, stats};
 
 const SERVER_CPU: usize = 0;
 const LOAD_CPU: usize = 1;
@@ -67,16 +67,10 @@ type Error = Box<dyn std::error::Error>;
 fn main() -> ExitCode {
     // `cargo bench` passes arguments such as `--bench`: there is nothing to take from them.
     let result = match env::var("GRACERING_BENCH_ROLE").as_deref() {
-        Ok("hyper-hello") => hyper_peer::run(),
+        Ok(hyper_hello::ROLE) => hyper_hello::run(PEER_LIFETIME, true),
         _ => bench(),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("http_load: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    peer::exit_code("http_load", result)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -102,7 +96,7 @@ impl Server {
             }
             Server::Hyper => {
                 let mut cmd = Command::new(env::current_exe()?);
-                cmd.env("GRACERING_BENCH_ROLE", "hyper-hello")
+                cmd.env("GRACERING_BENCH_ROLE", hyper_hello::ROLE)
                     .env("GRACERING_BENCH_ADDR", "127.0.0.1:0");
                 cmd
             }
@@ -174,16 +168,6 @@ fn list<T>(name: &str, default: &str, parse: impl Fn(&str) -> Option<T>) -> Resu
     Ok(items)
 }
 
-fn env_or<T: FromStr>(name: &str, default: T) -> Result<T, Error> {
-    match env::var(name) {
-        Ok(value) => value
-            .trim()
-            .parse()
-            .map_err(|_| format!("bad {name}: {value:?}").into()),
-        Err(_) => Ok(default),
-    }
-}
-
 /// The `wrk` binary on the `PATH`, if there is one.
 fn find_wrk() -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
@@ -198,11 +182,13 @@ fn bench() -> Result<(), Error> {
         println!("http_load: wrk not installed: skipping (Debian package `wrk`)");
         return Ok(());
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("benches/pipeline.lua");
-    let target = env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), |d| root.join(d));
+    let script = build::manifest_dir().join("benches/pipeline.lua");
+    let target = build::target_dir();
     let http_example = match s.servers.contains(&Server::Gracering) {
-        true => build_http_example(root, &target)?,
+        true => build::build_example(
+            "http",
+            Some("set BENCH_SERVERS=hyper to measure the hyper peer alone"),
+        )?,
         false => PathBuf::new(),
     };
     let out_dir = target.join("http_load");
@@ -242,22 +228,6 @@ fn bench() -> Result<(), Error> {
     print_table(&results);
     println!("{}", json_line(&s, &results));
     Ok(())
-}
-
-/// Builds gracering's HTTP example in release mode; returns the binary's path.
-fn build_http_example(root: &Path, target: &Path) -> Result<PathBuf, Error> {
-    let cargo = env::var_os("CARGO").unwrap_or("cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--example", "http"])
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        let hint = "set BENCH_SERVERS=hyper to measure the hyper peer alone";
-        return Err(
-            format!("`cargo build --release --example http` failed ({status}); {hint}").into(),
-        );
-    }
-    Ok(target.join("release/examples/http"))
 }
 
 /// What one wrk run printed, and the server's CPU time over it.
@@ -615,72 +585,4 @@ fn json_line(s: &Settings, results: &[(Mode, Vec<Summary>)]) -> String {
     }
     out.push('}');
     out
-}
-
-/// The dev-only peer: hyper 1.x on a tokio current-thread runtime, one task per
-/// connection, answering `Hello, World!` as gracering's example does.
-mod hyper_peer {
-    use super::{Error, PEER_LIFETIME};
-    use std::convert::Infallible;
-
-    use http_body_util::Full;
-    use hyper::body::{Bytes, Incoming};
-    use hyper::header::{CONTENT_TYPE, HeaderValue};
-    use hyper::server::conn::http1;
-    use hyper::service::service_fn;
-    use hyper::{Method, Request, Response, StatusCode};
-    use hyper_util::rt::TokioIo;
-    use tokio::net::{TcpListener, TcpStream};
-
-    pub fn run() -> Result<(), Error> {
-        let addr = std::env::var("GRACERING_BENCH_ADDR").unwrap_or("127.0.0.1:0".into());
-        // Normally killed by the benchmark (or with it, by PR_SET_PDEATHSIG); a last resort.
-        std::thread::spawn(|| {
-            std::thread::sleep(PEER_LIFETIME);
-            std::process::exit(0);
-        });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(serve(&addr))
-    }
-
-    async fn serve(addr: &str) -> Result<(), Error> {
-        let listener = TcpListener::bind(addr).await?;
-        // Rust's stdout is line-buffered: the line leaves at once.
-        println!("hyper-hello: listening on {}", listener.local_addr()?);
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => drop(tokio::spawn(connection(stream))),
-                Err(e) => eprintln!("hyper-hello: accept: {e}"),
-            }
-        }
-    }
-
-    async fn connection(stream: TcpStream) {
-        if stream.set_nodelay(true).is_err() {
-            return;
-        }
-        // Keep-alive is on by default; pipeline_flush batches the answers to pipelined
-        // requests into one write.
-        let conn = http1::Builder::new()
-            .keep_alive(true)
-            .pipeline_flush(true)
-            .serve_connection(TokioIo::new(stream), service_fn(hello));
-        // wrk closes its connections at the end of a run: errors then are expected.
-        let _ = conn.await;
-    }
-
-    async fn hello(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-        let get = matches!(*req.method(), Method::GET | Method::HEAD);
-        let (status, body) = match req.uri().path() {
-            "/" if get => (StatusCode::OK, "Hello, World!"),
-            _ => (StatusCode::NOT_FOUND, "not found"),
-        };
-        let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-        *res.status_mut() = status;
-        res.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        Ok(res)
-    }
 }

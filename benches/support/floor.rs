@@ -6,7 +6,8 @@
 //! waits in epoll and closes each at EOF (like the drains' idle clients), lets them
 //! settle, then times closing its own ends one after the other. It prints one JSON
 //! line `{"floor":{...}}`; [`measure`] re-executes the current binary in that role,
-//! pinned to the server CPU, and parses the line.
+//! pinned to the server CPU, and parses the line. `drain_echo`'s own floor role (which
+//! also has a FIN mode and reports more) opens its connections with [`open_pairs`].
 
 use std::env;
 use std::io::{self, Read, Write};
@@ -79,22 +80,7 @@ pub fn run() -> io::Result<()> {
     let var = |name: &str| env::var(name).ok().and_then(|v| v.parse::<usize>().ok());
     let n = var(N_VAR).unwrap_or(1000);
     let client_cpu = var(CLIENT_CPU_VAR);
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let deadline = Instant::now() + OPEN_TIMEOUT;
-    let (mut clients, mut servers) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for _ in 0..n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::other(
-                "floor: opening the connections took too long",
-            ));
-        }
-        let (client, server) = open_pair(&listener, &addr, left)?;
-        clients.push(client);
-        servers.push(server);
-    }
-    drop(listener);
+    let (clients, servers) = open_pairs(n)?;
     let holders = idle::hold(clients, client_cpu, TIMEOUT / 2)?;
     std::thread::sleep(SETTLE);
     let cpu_start = procstat::thread_cpu_seconds();
@@ -117,6 +103,28 @@ pub fn run() -> io::Result<()> {
         r.still_open
     );
     Ok(())
+}
+
+/// Opens `n` loopback connections to a listener of its own, one 16-byte round trip
+/// each, all within 30 s; returns the client ends and the server ends, in the same
+/// order. The listener is closed before this returns.
+pub fn open_pairs(n: usize) -> io::Result<(Vec<TcpStream>, Vec<TcpStream>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let deadline = Instant::now() + OPEN_TIMEOUT;
+    let (mut clients, mut servers) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::other(
+                "floor: opening the connections took too long",
+            ));
+        }
+        let (client, server) = open_pair(&listener, &addr, left)?;
+        clients.push(client);
+        servers.push(server);
+    }
+    Ok((clients, servers))
 }
 
 /// Connects one client to `listener`, accepts it, and does one round trip.

@@ -17,7 +17,7 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
@@ -32,6 +32,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+use super::peer::{run_peer, sigterm_fd};
 
 /// The role name (`GRACERING_BENCH_ROLE`) that runs [`run`].
 pub const ROLE: &str = "hyper-drain";
@@ -52,42 +54,11 @@ pub fn run() -> Result<(), Error> {
     // Before any thread starts, so that no thread can take SIGTERM's default action.
     let signals = sigterm_fd()?;
     // Normally stopped by the benchmark (or killed with it, by PR_SET_PDEATHSIG).
-    std::thread::spawn(|| {
-        std::thread::sleep(LIFETIME);
-        std::process::exit(1);
-    });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let code = runtime.block_on(serve(&addr, signals, Duration::from_millis(grace_ms)))?;
-    // Dropping the runtime drops whatever connection tasks are left: they are closed.
-    drop(runtime);
+    let grace = Duration::from_millis(grace_ms);
+    // The runtime is dropped when this returns, with whatever connection tasks are
+    // left: they are closed.
+    let code = run_peer(LIFETIME, 1, serve(&addr, signals, grace))??;
     std::process::exit(code);
-}
-
-/// Blocks SIGTERM for this thread (and the threads it starts) and returns a
-/// non-blocking signalfd that turns readable when SIGTERM arrives.
-fn sigterm_fd() -> io::Result<OwnedFd> {
-    // SAFETY: `sigset_t` is plain data; `sigemptyset`/`sigaddset` initialise it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, writable sigset_t; SIGTERM is a valid signal.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-    }
-    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
-    let err = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if err != 0 {
-        return Err(io::Error::from_raw_os_error(err));
-    }
-    let flags = libc::SFD_NONBLOCK | libc::SFD_CLOEXEC;
-    // SAFETY: -1 asks for a new signalfd; `set` is a valid, initialised sigset_t.
-    let fd = unsafe { libc::signalfd(-1, &set, flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Serves until SIGTERM, then drains; returns the exit code.

@@ -1,5 +1,6 @@
 //! Code shared by the benchmark binaries; each one includes it with `mod support;`.
 //!
+//! - [`build`]: building gracering's examples with cargo; the crate and target directories.
 //! - [`pin`]: pin a thread, or a child process from its start, to one CPU.
 //! - [`procstat`]: another process's CPU time, and the machine's, read from `/proc`.
 //! - [`loadgen`]: the closed-loop TCP load generator (echo now; room for HTTP).
@@ -11,6 +12,10 @@
 //! - [`timeline`]: per-millisecond client-side timelines around a signal, as CSV.
 //! - [`floor`]: the kernel's cost of closing N loopback connections (a child role).
 //! - [`hyper_drain`]: the hyper 1.x peer drained by hyper-util's `GracefulShutdown`.
+//! - [`peer`]: `main`'s exit code, the peers' tokio runtime with its lifetime, and a
+//!   SIGTERM signalfd.
+//! - [`settings`]: settings read from the environment ([`settings::env_or`]).
+//! - [`hyper_hello`]: the hyper 1.x hello-world peer of `http_load` and `footprint`.
 //! - [`peers`]: nginx and Go's net/http as peer servers, where installed.
 //! - [`svg`]: a small SVG line-chart writer.
 //! - [`drain_servers`]: the servers `drain_http` stops, started and timed alike;
@@ -26,6 +31,7 @@
 // Every bench binary compiles this whole tree but uses only part of it.
 #![allow(dead_code)]
 
+pub mod build;
 pub mod drain_report;
 pub mod drain_servers;
 pub mod epoll;
@@ -33,11 +39,14 @@ pub mod floor;
 pub mod httpgen;
 pub mod httpwire;
 pub mod hyper_drain;
+pub mod hyper_hello;
 pub mod idle;
 pub mod loadgen;
+pub mod peer;
 pub mod peers;
 pub mod pin;
 pub mod procstat;
+pub mod settings;
 pub mod stats;
 pub mod svg;
 pub mod timeline;

@@ -28,11 +28,12 @@ use std::env;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::build::{manifest_dir, target_dir};
 use super::pin;
 
 /// Time a peer gets to come up and answer its first request.
@@ -420,14 +421,4 @@ fn find_program(name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .chain(fallbacks.iter().map(PathBuf::from))
         .find(|candidate| candidate.is_file())
-}
-
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` in the crate).
-fn target_dir() -> PathBuf {
-    let root = manifest_dir();
-    env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), |d| root.join(d))
 }
