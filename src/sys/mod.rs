@@ -173,7 +173,10 @@ impl Backend {
         match wanted {
             Backend::Epoll => Ok(Backend::Epoll),
             Backend::Uring => match uring::build_ring(8) {
-                Ok(_) => Ok(Backend::Uring),
+                Ok((_, features)) => {
+                    crate::log::info(format_args!("{features}"));
+                    Ok(Backend::Uring)
+                }
                 Err(e) => Err(io::Error::new(
                     e.kind(),
                     format!("io_uring backend unavailable: {e}"),

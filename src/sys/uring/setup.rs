@@ -96,12 +96,31 @@ fn probe(ring: &IoUring, mode: &'static str) -> io::Result<Features> {
             "io_uring lacks IORING_FEAT_EXT_ARG (Linux 5.11)",
         ));
     }
+    check_buf_ring(ring)?;
     Ok(Features {
         mode,
         ext_arg: true,
         msg_ring: probe.is_supported(opcode::MsgRingData::CODE),
         release: kernel_release(),
     })
+}
+
+/// Provided buffer rings (Linux 5.19) have no opcode to probe: register a tiny one.
+fn check_buf_ring(ring: &IoUring) -> io::Result<()> {
+    const PROBE_BGID: u16 = 0xfffe;
+    let bufs = super::BufRing::new(1, 64, PROBE_BGID)?;
+    // SAFETY: `bufs` outlives the registration, which is undone before it is dropped.
+    let registered = unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(bufs.ring_addr(), bufs.count(), PROBE_BGID, 0)
+    };
+    match registered {
+        Ok(()) => ring.submitter().unregister_buf_ring(PROBE_BGID),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("io_uring lacks provided buffer rings (Linux 5.19): {e}"),
+        )),
+    }
 }
 
 /// The running kernel's release string (`uname -r`).
