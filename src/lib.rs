@@ -72,12 +72,14 @@
 //!   the epoll backend it falls back to ([`Backend`]).
 //! - `drain`, `shared`, `signal`: the shutdown sequence ([`ShutdownHandle`]).
 //! - [`http`]: HTTP/1.1 on the engine.
-//! - [`sim`]: an in-memory backend, to drive a handler and the engine without a kernel.
+//! - `sim` (cargo feature `sim`): an in-memory backend, to drive a handler and the engine
+//!   without a kernel.
 //! - `listener`, `cpu`, `buf`: listening sockets, CPU pinning, output buffers.
 
 #![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "sim")]
 #[doc(hidden)]
 pub mod bench;
 mod buf;
@@ -92,6 +94,7 @@ mod log;
 mod server;
 mod shared;
 mod signal;
+#[cfg(feature = "sim")]
 pub mod sim;
 mod stats;
 mod sys;
