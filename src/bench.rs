@@ -1,19 +1,23 @@
-//! Internals exposed for the criterion benches in `benches/` only; not part of the API
-//! and not covered by semantic versioning.
+//! Internals exposed for the criterion benches in `benches/` only (feature `sim`); not
+//! part of the API and not covered by semantic versioning.
 //!
-//! [`EchoEngine`] is an in-memory event source: it feeds decoded completions to a real
-//! engine running an echo handler, and completes the engine's sends at once, so a bench
-//! measures the engine's per-completion work without the kernel.
+//! [`BenchEngine`] runs the real worker loop turn over an in-memory driver: each turn it
+//! delivers a receive completion for every connection, and completes the sends of the
+//! turn before at once, so a bench measures the loop's and the engine's per-completion
+//! work without the kernel.
 
+use std::io;
 use std::os::fd::RawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::contract::{ConnRef, Driver, Event, Intents, OutBuf};
 use crate::engine::Engine;
 use crate::handler::{Conn, Handler, Worker};
 use crate::shared::Shared;
-use crate::sys::uring::{BufRing, Kind, decode, encode};
-use crate::sys::{ConnRef, Event, Ops, OutBuf};
+use crate::sys::token::{Kind, decode, encode};
+use crate::sys::uring::UnregisteredBufRing;
+use crate::worker::Runner;
 
 /// Decodes a `user_data` into (kind, key, generation); `None` for an unknown kind.
 pub fn decode_user_data(user_data: u64) -> Option<(u8, u32, u32)> {
@@ -26,19 +30,17 @@ pub fn recv_user_data(key: u32, generation: u32) -> u64 {
 }
 
 /// A provided buffer ring, unregistered: the user-space half of recycling a buffer.
-pub struct BufRingBench(BufRing);
+pub struct BufRingBench(UnregisteredBufRing);
 
 impl BufRingBench {
     /// A ring of `count` (a power of two) buffers of `size` bytes.
     pub fn new(count: u16, size: u32) -> BufRingBench {
-        BufRingBench(BufRing::new(count, size, 0).expect("buffer ring"))
+        BufRingBench(UnregisteredBufRing::new(count, size).expect("buffer ring"))
     }
 
     /// Reads buffer `bid` as a completion of `len` bytes would, and puts it back.
     pub fn consume_and_recycle(&mut self, bid: u16, len: usize) -> u8 {
-        let first = self.0.get(bid, len).first().copied().unwrap_or(0);
-        self.0.recycle(bid);
-        first
+        self.0.consume_and_recycle(bid, len)
     }
 
     /// Publishes the tail (once per loop turn in the real loop).
@@ -59,14 +61,14 @@ impl Handler for Echo {
     }
 }
 
-/// Collects the engine's sends so they can be completed in the next turn.
+/// The bench driver's queue: it parks the engine's sends to complete them next turn.
 #[derive(Default)]
-struct Parked {
+pub(crate) struct Parked {
     sends: Vec<(ConnRef, OutBuf)>,
     recvs: Vec<ConnRef>,
 }
 
-impl Ops for Parked {
+impl Intents for Parked {
     fn accept(&mut self) {}
     fn recv(&mut self, conn: ConnRef, _fd: RawFd) {
         self.recvs.push(conn);
@@ -76,14 +78,64 @@ impl Ops for Parked {
     }
     fn cancel_recv(&mut self, _conn: ConnRef) {}
     fn cancel_send(&mut self, _conn: ConnRef) {}
-    fn shutdown_write(&mut self, _conn: ConnRef, _fd: RawFd) {}
-    fn shutdown_both(&mut self, _conn: ConnRef, _fd: RawFd) {}
     fn close(&mut self, _conn: ConnRef, _fd: RawFd) {}
     fn cancel_accept(&mut self) {}
-    fn close_listener(&mut self, _backlog: &mut Vec<RawFd>) -> Option<i32> {
+    fn wake_workers(&mut self) {}
+    fn shutdown_write_now(&mut self, _conn: ConnRef, _fd: RawFd) {}
+    fn shutdown_both_now(&mut self, _conn: ConnRef, _fd: RawFd) {}
+    fn close_listener_now(&mut self, _backlog: &mut Vec<RawFd>) -> Option<i32> {
         None
     }
-    fn wake_workers(&mut self) {}
+}
+
+/// An in-memory driver: `accepts` descriptors first, then every turn the sends of the
+/// turn before complete in full and `msg` arrives on every connection.
+pub(crate) struct BenchDriver {
+    q: Parked,
+    accepts: Vec<RawFd>,
+    conns: Vec<u64>,
+    completing: Vec<(ConnRef, OutBuf)>,
+    msg: Vec<u8>,
+}
+
+impl Driver for BenchDriver {
+    type Queue<'q> = Parked;
+
+    fn with_queue<R>(&mut self, f: impl FnOnce(&mut Parked) -> R) -> R {
+        f(&mut self.q)
+    }
+
+    fn reap(&mut self, mut handle: impl FnMut(Event<'_>, &mut Parked)) {
+        for fd in self.accepts.drain(..) {
+            handle(Event::Accepted { fd }, &mut self.q);
+        }
+        for (conn, buf) in self.completing.drain(..) {
+            let result = Ok(buf.remaining().len());
+            handle(Event::Sent { conn, result, buf }, &mut self.q);
+        }
+        for &user_data in &self.conns {
+            if let Some((Kind::Recv, conn)) = decode(user_data) {
+                let (data, queued) = (&self.msg[..], false);
+                handle(Event::Received { conn, data, queued }, &mut self.q);
+            }
+        }
+    }
+
+    fn has_ready(&self) -> bool {
+        false
+    }
+
+    fn publish(&mut self) {}
+
+    fn submit_and_wait(&mut self, _timeout: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn begin_release(&mut self, _abort: bool) {}
+
+    fn in_flight(&self) -> usize {
+        0
+    }
 }
 
 /// A real engine with an echo handler, fed from memory.
@@ -96,75 +148,58 @@ impl EchoEngine {
     }
 }
 
-/// A real engine with any handler and `n` open connections, fed from memory.
+/// A real engine with any handler and `n` open connections, fed from memory through the
+/// worker loop's turn.
 pub struct BenchEngine<H: Handler> {
-    engine: Engine<H>,
-    ops: Parked,
-    conns: Vec<u64>,
+    runner: Runner<H, BenchDriver>,
 }
 
 impl<H: Handler> BenchEngine<H> {
     /// An engine running `handler` with `conns` accepted connections.
     pub fn with_handler(handler: H, conns: usize) -> BenchEngine<H> {
-        let mut e = BenchEngine {
-            engine: Engine::new(
-                handler,
-                Worker::new(0),
-                &Config::default(),
-                Shared::new(1).expect("eventfd"),
-            ),
-            ops: Parked::default(),
+        let now = Instant::now();
+        let config = Config::default();
+        let engine = Engine::new(
+            handler,
+            Worker::new(0),
+            &config,
+            Shared::without_wakers(),
+            now,
+        );
+        let driver = BenchDriver {
+            q: Parked::default(),
+            accepts: (0..conns).map(|fd| fd as RawFd + 100).collect(),
             conns: Vec::new(),
+            completing: Vec::new(),
+            msg: Vec::new(),
         };
-        e.engine.start(&mut e.ops);
-        for fd in 0..conns {
-            e.engine.handle(
-                Event::Accepted {
-                    fd: fd as RawFd + 100,
-                },
-                &mut e.ops,
-            );
-        }
-        e.conns = e
-            .ops
+        let mut runner = Runner::new(engine, driver);
+        runner.turn(now); // accepts every connection
+        let driver = runner.driver_mut();
+        driver.conns = driver
+            .q
             .recvs
             .drain(..)
             .map(|c| encode(Kind::Recv, c))
             .collect();
-        e
+        driver.completing = std::mem::take(&mut driver.q.sends);
+        BenchEngine { runner }
     }
 
-    /// One loop turn: a receive completion of `msg` for every connection (decoded from
-    /// its `user_data`), the end-of-turn flush, then every send completing in full.
-    /// Returns the bytes sent.
+    /// One loop turn: the sends of the turn before complete, a receive completion of
+    /// `msg` arrives for every connection (decoded from its `user_data`), then the
+    /// end-of-turn flush. Returns the bytes this turn sends.
     pub fn turn(&mut self, msg: &[u8]) -> usize {
-        self.engine.begin_turn(Instant::now(), &mut self.ops);
-        for &user_data in &self.conns {
-            if let Some((Kind::Recv, conn)) = decode(user_data) {
-                self.engine.handle(
-                    Event::Received {
-                        conn,
-                        data: msg,
-                        queued: false,
-                    },
-                    &mut self.ops,
-                );
-            }
-        }
-        self.engine.end_turn(&mut self.ops);
-        let mut sent = 0;
-        for (conn, buf) in std::mem::take(&mut self.ops.sends) {
-            let n = buf.remaining().len();
-            sent += n;
-            self.engine.handle(
-                Event::Sent {
-                    conn,
-                    result: Ok(n),
-                    buf,
-                },
-                &mut self.ops,
-            );
-        }
-        sent
+        let driver = self.runner.driver_mut();
+        driver.msg.clear();
+        driver.msg.extend_from_slice(msg);
+        self.runner.turn(Instant::now());
+        let driver = self.runner.driver_mut();
+        std::mem::swap(&mut driver.completing, &mut driver.q.sends);
+        driver
+            .completing
+            .iter()
+            .map(|(_, buf)| buf.remaining().len())
+            .sum()
     }
 }

@@ -2,6 +2,8 @@
 
 use std::io;
 use std::net::SocketAddr;
+#[cfg(feature = "sim")]
+use std::sync::{Arc, atomic::AtomicBool};
 use std::time::Duration;
 
 use crate::server::Server;
@@ -26,6 +28,9 @@ pub(crate) struct Config {
     pub linger: Duration,
     pub handle_signals: bool,
     pub backend: Backend,
+    /// Test hook: worker N's wait fails once the flag is set.
+    #[cfg(feature = "sim")]
+    pub fail_wait: Option<(usize, Arc<AtomicBool>)>,
 }
 
 impl Default for Config {
@@ -47,6 +52,8 @@ impl Default for Config {
             linger: Duration::from_secs(1),
             handle_signals: true,
             backend: Backend::Auto,
+            #[cfg(feature = "sim")]
+            fail_wait: None,
         }
     }
 }
@@ -187,7 +194,18 @@ impl Builder {
         self
     }
 
+    /// Fault injection for tests (feature `sim`): once `flag` is set, worker `worker`'s
+    /// next wait on the kernel fails, as a broken ring would (the worker then releases
+    /// its backend, closes its sockets and reports the failure; the others drain).
+    #[cfg(feature = "sim")]
+    #[doc(hidden)]
+    pub fn fail_wait_when(mut self, worker: usize, flag: Arc<AtomicBool>) -> Builder {
+        self.config.fail_wait = Some((worker, flag));
+        self
+    }
+
     /// The settings as they stand.
+    #[cfg(any(test, feature = "sim"))]
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }

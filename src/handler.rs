@@ -72,22 +72,28 @@ pub trait Handler {
     }
 
     /// The connection is closed (its descriptor is released). Called exactly once for
-    /// every connection that [`on_open`](Handler::on_open) saw.
+    /// every connection whose [`on_open`](Handler::on_open) returned (a connection whose
+    /// `on_open` panicked has no state to close).
+    ///
+    /// Every callback runs under `catch_unwind`: a panic closes its connection
+    /// ([`CloseReason::HandlerPanic`]) and the worker serves on.
     fn on_close(&mut self, state: Self::State, reason: CloseReason) {
         let _ = (state, reason);
     }
 }
 
 /// A boxed teardown action and its name.
-type Teardown = (String, Box<dyn FnOnce()>);
+pub(crate) type Teardown = (String, Box<dyn FnOnce()>);
 
 /// What a handler factory gets: the worker's index, and where to register the per-worker
 /// resources (a database pool per core, say) that must be closed when the worker stops.
 ///
 /// Teardowns run on the worker's thread once its last connection has closed during the
 /// drain, in reverse order of registration (like destructors), each logged as
-/// `worker N: teardown NAME`; only then does the engine release its own handles (the
-/// in-flight operations, the buffer ring, the listener, the ring).
+/// `worker N: teardown NAME`. The listener is closed before that, when the drain stops
+/// accepting; after the teardowns the worker releases its backend (cancels and reaps
+/// its remaining operations, then frees the buffer ring and the ring). A teardown that
+/// panics is logged and counted (`teardown_panics`); the ones after it still run.
 ///
 /// ```
 /// use std::rc::Rc;
@@ -166,6 +172,9 @@ pub enum CloseReason {
     InputLimit,
     /// The server shut down.
     Shutdown,
+    /// A handler callback for this connection panicked; the connection was closed at
+    /// once, without flushing its output (the panic is logged and counted).
+    HandlerPanic,
 }
 
 impl CloseReason {
@@ -177,7 +186,8 @@ impl CloseReason {
             CloseReason::PeerClosed
             | CloseReason::Handler
             | CloseReason::InputLimit
-            | CloseReason::Shutdown => None,
+            | CloseReason::Shutdown
+            | CloseReason::HandlerPanic => None,
         }
     }
 }

@@ -11,12 +11,12 @@
 //! ```text
 //!        kernel (one per worker)                    worker thread, pinned to CPU k
 //!  ┌──────────────────────────────┐  completions  ┌──────────────────────────────────────┐
-//!  │ io_uring                     │ ────────────▶ │ backend (sys::uring): user_data →    │
+//!  │ io_uring                     │ ────────────▶ │ driver (sys::uring): user_data →     │
 //!  │   multishot accept ◀─ listener k (REUSEPORT) │   Event { Accepted, Received, Sent,  │
 //!  │   multishot recv ──▶ buffer ring             │           RecvEnded, Closed, ... }   │
 //!  │   send, cancel, close        │               │ engine: connection slab, handler     │
 //!  └──────────────────────────────┘               │   calls, back-pressure, closes       │
-//!                 ▲   one submit-and-wait per turn│ Ops: accept recv send cancel close   │
+//!                 ▲   one submit-and-wait per turn│ intents: accept recv send cancel ... │
 //!                 └───────────────────────────────┴──────────────────────────────────────┘
 //! ```
 //!
@@ -67,16 +67,21 @@
 //!
 //! ## Modules
 //!
-//! - `engine`: connection state and handler calls; no syscalls.
-//! - `sys`: the backend boundary (events in, operations out), the io_uring backend and
-//!   the epoll backend it falls back to ([`Backend`]).
-//! - `drain`, `shared`, `signal`: the shutdown sequence ([`ShutdownHandle`]).
+//! - `worker`: the per-core loop, written once, generic over a backend `Driver`.
+//! - `contract`: what the engine, the loop and the backends agree on: events in,
+//!   intents out, connection references. Depends on neither `engine` nor `sys`.
+//! - `engine`: connection state and handler calls; no syscalls, no clock, no logging.
+//! - `sys`: everything that touches the kernel (the io_uring and epoll backends,
+//!   signals, CPU pinning); the only module with `unsafe` code.
+//! - `drain`, `shared`: the shutdown sequence ([`ShutdownHandle`]).
 //! - [`http`]: HTTP/1.1 on the engine.
 //! - `sim` (cargo feature `sim`): an in-memory backend, to drive a handler and the engine
-//!   without a kernel.
-//! - `listener`, `cpu`, `buf`: listening sockets, CPU pinning, output buffers.
+//!   deterministically without a kernel.
+//! - `server`, `config`, `handler`, `listener`, `buf`, `stats`, `log`: the embedding
+//!   API, listening sockets, output buffers, counters and the report.
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(feature = "sim")]
@@ -84,7 +89,7 @@
 pub mod bench;
 mod buf;
 mod config;
-mod cpu;
+mod contract;
 mod drain;
 mod engine;
 mod handler;
@@ -93,16 +98,17 @@ mod listener;
 mod log;
 mod server;
 mod shared;
-mod signal;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod stats;
+#[allow(unsafe_code)]
 mod sys;
+mod worker;
 
 pub use config::Builder;
 pub use handler::{CloseReason, Conn, ConnId, Handler, Worker};
 pub use server::Server;
 pub use shared::{ShutdownHandle, Trigger};
-pub use signal::block_shutdown_signals;
 pub use stats::{Report, WorkerDrain, WorkerReport, WorkerStats};
 pub use sys::Backend;
+pub use sys::signal::block_shutdown_signals;

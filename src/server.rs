@@ -4,23 +4,25 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread;
+use std::time::{Instant, SystemTime};
 
 use socket2::Socket;
 
 use crate::config::{Builder, Config};
-use crate::cpu;
-use crate::engine::Engine;
+use crate::contract::Driver;
+use crate::engine::{Engine, panic_message};
 use crate::handler::{Handler, Worker};
 use crate::listener;
 use crate::log;
-use crate::shared::{Shared, ShutdownHandle};
-use crate::signal;
+use crate::shared::{Shared, ShutdownHandle, Trigger};
 use crate::stats::{Report, WorkerReport};
-use crate::sys::Backend;
-use crate::sys::epoll::EpollWorker;
-use crate::sys::uring::UringWorker;
+use crate::sys::epoll::EpollDriver;
+use crate::sys::uring::UringDriver;
+use crate::sys::{Backend, cpu, signal};
+use crate::worker::Runner;
 
 /// A bound server, ready to run: one listening socket per worker, all on one address.
 ///
@@ -149,13 +151,13 @@ impl Server {
                             backend,
                             signalfd: signal_raw,
                         };
-                        run_worker(place, listener, mine, config, factory)
+                        contain_worker(place, listener, mine, config, factory)
                     });
                 match spawned {
                     Ok(handle) => handles.push(handle),
                     Err(e) => {
                         // Workers already started must not run forever: stop them.
-                        shared.force(crate::shared::Trigger::Handle);
+                        shared.force(Trigger::Handle, Instant::now());
                         shared.wake_all();
                         return vec![Err(e)];
                     }
@@ -164,19 +166,37 @@ impl Server {
             handles
                 .into_iter()
                 .map(|h| {
+                    // A worker's panics are caught inside it; this only guards the join.
                     h.join()
-                        .unwrap_or_else(|_| Err(io::Error::other("worker panicked")))
+                        .unwrap_or_else(|_| Ok(WorkerReport::failed("worker panicked".into())))
                 })
                 .collect()
         });
         let began = shared.began();
         let drain_duration = began.map(|b| b.at.elapsed());
+        // The wall-clock moment the drain began, from how long ago it was.
+        let began_at = drain_duration.and_then(|d| SystemTime::now().checked_sub(d));
         drop(signalfd);
-        let workers = results.into_iter().collect::<io::Result<Vec<_>>>()?;
+        let mut workers = Vec::with_capacity(results.len());
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(report) => workers.push(report),
+                Err(e) => {
+                    workers.push(WorkerReport::failed(format!("cannot start: {e}")));
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error
+            && workers.iter().all(|w| w.failure.is_some())
+        {
+            return Err(e); // no worker ran at all: nothing was served, nothing to report
+        }
         Ok(Report {
             backend: backend.name(),
             trigger: began.map(|b| b.trigger),
-            began_at: began.map(|b| b.wall),
+            began_at,
             drain_duration,
             forced: shared.forced(),
             workers,
@@ -191,6 +211,46 @@ struct Place {
     cpu: Option<usize>,
     backend: Backend,
     signalfd: Option<i32>,
+}
+
+/// One worker thread, with its failures contained: a worker that cannot go on (its
+/// wait on the kernel failed, or something panicked outside a handler callback) still
+/// returns a report saying why, after its backend closed its sockets, and starts the
+/// drain of the others so the process ends and can be restarted.
+fn contain_worker<H: Handler>(
+    place: Place,
+    listener: Socket,
+    shared: Arc<Shared>,
+    config: &Config,
+    factory: &(impl Fn(&mut Worker) -> H + Sync),
+) -> io::Result<WorkerReport> {
+    let index = place.index;
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        run_worker(place, listener, shared.clone(), config, factory)
+    }));
+    let report = match outcome {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            // It could not start: stop the others rather than run degraded forever.
+            log::warn(format_args!(
+                "worker {index}: cannot start: {e}; stopping the server"
+            ));
+            if shared.force(Trigger::Handle, Instant::now()) {
+                shared.wake_all();
+            }
+            return Err(e);
+        }
+        Err(payload) => WorkerReport::failed(format!("panicked: {}", panic_message(&*payload))),
+    };
+    if let Some(why) = &report.failure {
+        log::warn(format_args!(
+            "worker {index} failed ({why}); its sockets are closed, draining the others"
+        ));
+        if shared.begin(Trigger::WorkerFailed, Instant::now()) {
+            shared.wake_all();
+        }
+    }
+    Ok(report)
 }
 
 /// One worker thread: pin, set up the backend, make the handler, run until drained.
@@ -212,40 +272,46 @@ fn run_worker<H: Handler>(
     {
         log::warn(format_args!("worker {index}: cannot pin to CPU {cpu}: {e}"));
     }
-    let started = match backend {
+    match backend {
         Backend::Epoll => {
-            EpollWorker::new(listener, signalfd, shared.clone(), index).map(Started::Epoll)
+            let driver = EpollDriver::new(listener, signalfd, shared.clone(), index)?;
+            Ok(drive(driver, index, shared, config, factory))
         }
         Backend::Uring | Backend::Auto => {
-            UringWorker::new(listener, signalfd, shared.clone(), index, config).map(Started::Uring)
+            let driver = UringDriver::new(listener, signalfd, shared.clone(), index, config)?;
+            Ok(drive(driver, index, shared, config, factory))
         }
-    };
-    let started = match started {
-        Ok(started) => started,
-        Err(e) => {
-            // One worker cannot serve: stop the others rather than run degraded forever.
-            log::warn(format_args!(
-                "worker {index}: cannot start: {e}; stopping the server"
-            ));
-            if shared.force(crate::shared::Trigger::Handle) {
-                shared.wake_all();
-            }
-            return Err(e);
-        }
-    };
-    let mut worker = Worker::new(index);
-    let handler = factory(&mut worker);
-    let engine = Engine::new(handler, worker, config, shared);
-    match started {
-        Started::Uring(backend) => backend.run(engine),
-        Started::Epoll(backend) => backend.run(engine),
     }
 }
 
-/// A worker's backend, set up. Lives once per worker thread, so the size difference
-/// between the variants costs nothing worth a box.
-#[allow(clippy::large_enum_variant)]
-enum Started {
-    Uring(UringWorker),
-    Epoll(EpollWorker),
+/// Makes the handler, serves until drained, releases the backend.
+fn drive<H: Handler, D: Driver>(
+    driver: D,
+    index: usize,
+    shared: Arc<Shared>,
+    config: &Config,
+    factory: &(impl Fn(&mut Worker) -> H + Sync),
+) -> WorkerReport {
+    let mut worker = Worker::new(index);
+    let handler = factory(&mut worker);
+    let engine = Engine::new(handler, worker, config, shared, Instant::now());
+    let mut runner = Runner::new(engine, driver);
+    #[cfg(feature = "sim")]
+    if let Some((failing, flag)) = &config.fail_wait
+        && *failing == index
+    {
+        runner.fail_wait_when(flag.clone());
+    }
+    let served = runner.serve();
+    if let Err(e) = &served {
+        log::warn(format_args!(
+            "worker {index}: wait failed: {e}; releasing the backend"
+        ));
+    }
+    runner.release(served.is_err());
+    let mut report = runner.report();
+    if let Err(e) = served {
+        report.failure = Some(format!("wait failed: {e}"));
+    }
+    report
 }

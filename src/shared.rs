@@ -3,10 +3,13 @@
 //! relaxed atomic add) and when the drain starts; never per byte or per request.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
+
+use crate::log;
+use crate::sys::eventfd::EventFd;
 
 const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
@@ -22,6 +25,9 @@ pub enum Trigger {
     Sigint,
     /// [`ShutdownHandle::shutdown`] (or `force`) was called.
     Handle,
+    /// A worker failed (its wait on the kernel returned an error, or the engine
+    /// panicked): the others drain so that the process ends and can be restarted.
+    WorkerFailed,
 }
 
 impl Trigger {
@@ -39,43 +45,38 @@ impl Trigger {
             Trigger::Sigterm => "SIGTERM",
             Trigger::Sigint => "SIGINT",
             Trigger::Handle => "handle",
+            Trigger::WorkerFailed => "worker-failed",
         }
     }
 }
 
-/// The moment the drain began, on both clocks.
+/// The moment the drain began, on the clock of whoever began it (a worker's turn clock,
+/// or the shutdown handle's caller).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Began {
     pub trigger: Trigger,
     pub at: Instant,
-    pub wall: SystemTime,
 }
 
 /// One worker's wake-up channels: an eventfd (any thread can write it) and, once the
 /// worker's ring exists, the ring's fd (other rings reach it with IORING_OP_MSG_RING).
 #[derive(Debug)]
 pub(crate) struct Waker {
-    eventfd: OwnedFd,
+    eventfd: EventFd,
     ring_fd: AtomicI32,
 }
 
 impl Waker {
     fn new() -> io::Result<Waker> {
-        // SAFETY: eventfd with valid flags; the result is checked.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Waker {
-            // SAFETY: eventfd returned a new descriptor that nothing else owns.
-            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            eventfd: EventFd::new()?,
             ring_fd: AtomicI32::new(-1),
         })
     }
 
     /// The eventfd the worker keeps a read in flight on.
-    pub fn eventfd(&self) -> RawFd {
-        self.eventfd.as_raw_fd()
+    pub fn eventfd(&self) -> &EventFd {
+        &self.eventfd
     }
 
     /// The worker's ring fd, or -1 when it has none (yet, or any more).
@@ -90,11 +91,10 @@ impl Waker {
 
     /// Wakes the worker through its eventfd.
     pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd this struct owns. EAGAIN
-        // (counter saturated) still leaves the worker woken, so the result is ignored.
-        unsafe {
-            libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8);
+        if let Err(e) = self.eventfd.notify() {
+            log::warn(format_args!(
+                "cannot wake a worker through its eventfd: {e}"
+            ));
         }
     }
 }
@@ -120,9 +120,20 @@ impl Shared {
         }))
     }
 
-    /// Starts the drain. Returns true for the call that started it.
-    pub fn begin(&self, trigger: Trigger) -> bool {
-        self.record(trigger);
+    /// Shared state for one simulated worker: no wake-up channels (and no eventfd).
+    #[cfg(feature = "sim")]
+    pub fn without_wakers() -> Arc<Shared> {
+        Arc::new(Shared {
+            state: AtomicU8::new(RUNNING),
+            began: OnceLock::new(),
+            live: AtomicU64::new(0),
+            wakers: Box::new([]),
+        })
+    }
+
+    /// Starts the drain at `now`. Returns true for the call that started it.
+    pub fn begin(&self, trigger: Trigger, now: Instant) -> bool {
+        self.record(trigger, now);
         self.state
             .compare_exchange(RUNNING, DRAINING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
@@ -130,17 +141,13 @@ impl Shared {
 
     /// Forces the drain (starting it first if needed). Returns true for the call that
     /// forced it.
-    pub fn force(&self, trigger: Trigger) -> bool {
-        self.record(trigger);
+    pub fn force(&self, trigger: Trigger, now: Instant) -> bool {
+        self.record(trigger, now);
         self.state.swap(FORCED, Ordering::AcqRel) != FORCED
     }
 
-    fn record(&self, trigger: Trigger) {
-        self.began.get_or_init(|| Began {
-            trigger,
-            at: Instant::now(),
-            wall: SystemTime::now(),
-        });
+    fn record(&self, trigger: Trigger, at: Instant) {
+        self.began.get_or_init(|| Began { trigger, at });
     }
 
     pub fn draining(&self) -> bool {
@@ -203,7 +210,7 @@ pub struct ShutdownHandle {
 impl ShutdownHandle {
     /// Starts the drain; a second call does nothing (use [`force`](Self::force)).
     pub fn shutdown(&self) {
-        if self.shared.begin(Trigger::Handle) {
+        if self.shared.begin(Trigger::Handle, Instant::now()) {
             self.shared.wake_all();
         }
     }
@@ -211,7 +218,7 @@ impl ShutdownHandle {
     /// Ends the drain now: remaining connections are closed and counted as aborted, as
     /// on a second signal or at the grace deadline.
     pub fn force(&self) {
-        if self.shared.force(Trigger::Handle) {
+        if self.shared.force(Trigger::Handle, Instant::now()) {
             self.shared.wake_all();
         }
     }

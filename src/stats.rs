@@ -27,6 +27,10 @@ pub struct WorkerStats {
     pub stale_completions: u64,
     /// Connections closed because the handler left too much input unconsumed.
     pub input_limit_closes: u64,
+    /// Handler callbacks that panicked (each closed its connection).
+    pub handler_panics: u64,
+    /// Teardowns that panicked (the ones after them still ran).
+    pub teardown_panics: u64,
     /// Bytes received.
     pub bytes_in: u64,
     /// Bytes sent.
@@ -44,6 +48,8 @@ impl WorkerStats {
         self.reads_paused += other.reads_paused;
         self.stale_completions += other.stale_completions;
         self.input_limit_closes += other.input_limit_closes;
+        self.handler_panics += other.handler_panics;
+        self.teardown_panics += other.teardown_panics;
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
     }
@@ -55,7 +61,8 @@ impl fmt::Display for WorkerStats {
             f,
             "{{\"accepted\":{},\"closed\":{},\"accept_backoffs\":{},\"accept_errors\":{},\
              \"recv_no_buffers\":{},\"reads_paused\":{},\"stale_completions\":{},\
-             \"input_limit_closes\":{},\"bytes_in\":{},\"bytes_out\":{}}}",
+             \"input_limit_closes\":{},\"handler_panics\":{},\"teardown_panics\":{},\
+             \"bytes_in\":{},\"bytes_out\":{}}}",
             self.accepted,
             self.closed,
             self.accept_backoffs,
@@ -64,6 +71,8 @@ impl fmt::Display for WorkerStats {
             self.reads_paused,
             self.stale_completions,
             self.input_limit_closes,
+            self.handler_panics,
+            self.teardown_panics,
             self.bytes_in,
             self.bytes_out
         )
@@ -96,6 +105,20 @@ pub struct WorkerReport {
     pub stats: WorkerStats,
     /// The worker's drain.
     pub drain: WorkerDrain,
+    /// Why the worker stopped early, if it did: its wait on the kernel failed, or it
+    /// panicked outside a handler callback. Its sockets were closed and the other
+    /// workers drained.
+    pub failure: Option<String>,
+}
+
+impl WorkerReport {
+    /// The report of a worker that failed before it could report for itself.
+    pub(crate) fn failed(failure: String) -> WorkerReport {
+        WorkerReport {
+            failure: Some(failure),
+            ..WorkerReport::default()
+        }
+    }
 }
 
 /// What [`Server::run`](crate::Server::run) returns once every worker has stopped: the
@@ -132,9 +155,21 @@ impl Report {
         self.workers.iter().map(|w| w.drain.aborted).sum()
     }
 
-    /// Whether every connection ended cleanly (none aborted).
+    /// Handler callbacks and teardowns that panicked, over all workers.
+    pub fn panics(&self) -> u64 {
+        let total = self.total();
+        total.handler_panics + total.teardown_panics
+    }
+
+    /// Workers that stopped early ([`WorkerReport::failure`]).
+    pub fn failed_workers(&self) -> usize {
+        self.workers.iter().filter(|w| w.failure.is_some()).count()
+    }
+
+    /// Whether the run ended as it should: no worker failed, nothing panicked, no
+    /// connection was cut.
     pub fn is_clean(&self) -> bool {
-        self.aborted() == 0
+        self.aborted() == 0 && self.panics() == 0 && self.failed_workers() == 0
     }
 
     /// The report as one line of JSON.
@@ -153,12 +188,13 @@ impl Report {
             .map(|(i, w)| {
                 format!(
                     "{{\"worker\":{i},\"accept_stopped_ms\":{},\"finished_ms\":{},\"drained\":{},\
-                     \"closed_idle\":{},\"aborted\":{},\"stats\":{}}}",
+                     \"closed_idle\":{},\"aborted\":{},\"failure\":{},\"stats\":{}}}",
                     ms(w.drain.accept_stopped_after),
                     ms(w.drain.finished_after),
                     w.drain.drained,
                     w.drain.closed_idle,
                     w.drain.aborted,
+                    w.failure.as_deref().map_or("null".to_string(), json_string),
                     w.stats
                 )
             })
@@ -168,7 +204,8 @@ impl Report {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
         format!(
             "{{\"drain\":{{\"backend\":\"{}\",\"trigger\":{},\"began_unix_ms\":{},\"duration_ms\":{},\
-             \"forced\":{},\"drained\":{},\"closed_idle\":{},\"aborted\":{},\"workers\":[{}]}}}}",
+             \"forced\":{},\"drained\":{},\"closed_idle\":{},\"aborted\":{},\"panics\":{},\
+             \"failed_workers\":{},\"workers\":[{}]}}}}",
             self.backend,
             self.trigger
                 .map_or("null".to_string(), |t| format!("\"{}\"", t.as_str())),
@@ -178,7 +215,46 @@ impl Report {
             sum(|d| d.drained),
             sum(|d| d.closed_idle),
             sum(|d| d.aborted),
+            self.panics(),
+            self.failed_workers(),
             workers.join(",")
         )
+    }
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_escaped_json() {
+        assert_eq!(json_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+        let report = Report {
+            workers: vec![WorkerReport::failed("wait: \"EBADF\"".into())],
+            ..Report::default()
+        };
+        let json = report.to_json();
+        assert!(
+            json.contains("\"failure\":\"wait: \\\"EBADF\\\"\""),
+            "{json}"
+        );
+        assert!(json.contains("\"failed_workers\":1"), "{json}");
+        assert!(!report.is_clean());
     }
 }

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use super::timer::Wheel;
 use crate::buf::BufPool;
+use crate::contract::{ConnRef, Intents};
 use crate::handler::{CloseReason, CloseRequest, Conn, ConnId};
-use crate::sys::{ConnRef, Ops};
 
 /// Whether the connection has a receive operation in the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,10 +62,10 @@ pub(crate) struct Linger {
 }
 
 impl Linger {
-    pub fn new(time: Duration) -> Linger {
+    pub fn new(time: Duration, now: Instant) -> Linger {
         Linger {
             time,
-            now: Instant::now(),
+            now,
             queue: VecDeque::new(),
         }
     }
@@ -164,7 +164,7 @@ impl<S> Connection<S> {
     }
 
     /// The handler's view of this connection for one callback, and its state.
-    pub fn handle<'a>(
+    pub fn view<'a>(
         &'a mut self,
         worker: usize,
         draining: bool,
@@ -225,17 +225,17 @@ impl<S> Connection<S> {
     }
 
     /// Arms the receive if the connection wants to read and none is in flight.
-    pub fn arm_recv(&mut self, ops: &mut impl Ops) {
+    pub fn arm_recv(&mut self, q: &mut impl Intents) {
         if self.recv == Recv::Off && self.wants_read() {
-            ops.recv(self.conn_ref(), self.fd);
+            q.recv(self.conn_ref(), self.fd);
             self.recv = Recv::Armed;
         }
     }
 
     /// Cancels the receive if one is armed.
-    pub fn cancel_recv(&mut self, ops: &mut impl Ops) {
+    pub fn cancel_recv(&mut self, q: &mut impl Intents) {
         if self.recv == Recv::Armed {
-            ops.cancel_recv(self.conn_ref());
+            q.cancel_recv(self.conn_ref());
             self.recv = Recv::Cancelling;
         }
     }
@@ -246,7 +246,7 @@ impl<S> Connection<S> {
         &mut self,
         reason: CloseReason,
         graceful: bool,
-        ops: &mut impl Ops,
+        q: &mut impl Intents,
         linger: &mut Linger,
     ) {
         match (self.closing, graceful) {
@@ -255,9 +255,9 @@ impl<S> Connection<S> {
                 self.closing = Closing::Now(reason);
                 self.out.clear();
                 if self.sending {
-                    ops.cancel_send(self.conn_ref());
+                    q.cancel_send(self.conn_ref());
                 }
-                self.cancel_recv(ops);
+                self.cancel_recv(q);
             }
             (
                 Closing::AfterFlush(_)
@@ -267,20 +267,20 @@ impl<S> Connection<S> {
                 _,
             ) => {}
         }
-        self.advance_close(ops, linger);
+        self.advance_close(q, linger);
     }
 
     /// The peer sent FIN (or the linger time is over): stop lingering.
-    pub fn end_linger(&mut self, ops: &mut impl Ops, linger: &mut Linger) {
+    pub fn end_linger(&mut self, q: &mut impl Intents, linger: &mut Linger) {
         if let Closing::Lingering(reason) = self.closing {
             self.closing = Closing::Now(reason);
-            self.cancel_recv(ops);
+            self.cancel_recv(q);
         }
-        self.advance_close(ops, linger);
+        self.advance_close(q, linger);
     }
 
     /// Moves the close forward as far as the in-flight operations allow.
-    pub fn advance_close(&mut self, ops: &mut impl Ops, linger: &mut Linger) {
+    pub fn advance_close(&mut self, q: &mut impl Intents, linger: &mut Linger) {
         if let Closing::AfterFlush(reason) = self.closing
             && !self.sending
             && self.out.is_empty()
@@ -293,23 +293,23 @@ impl<S> Connection<S> {
                 // Shutting down both directions sends the FIN now and ends the receive
                 // in flight (it completes with EOF), which saves cancelling it.
                 self.closing = Closing::Now(reason);
-                ops.shutdown_both(self.conn_ref(), self.fd);
+                q.shutdown_both_now(self.conn_ref(), self.fd);
                 if self.recv == Recv::Armed {
                     self.recv = Recv::Cancelling;
                 }
             } else {
                 self.closing = Closing::Lingering(reason);
-                ops.shutdown_write(self.conn_ref(), self.fd);
+                q.shutdown_write_now(self.conn_ref(), self.fd);
                 linger
                     .queue
                     .push_back((linger.now + linger.time, self.conn_ref()));
-                self.arm_recv(ops);
+                self.arm_recv(q);
             }
         }
         if let Closing::Now(reason) = self.closing {
-            self.cancel_recv(ops);
+            self.cancel_recv(q);
             if !self.sending && self.recv == Recv::Off {
-                ops.close(self.conn_ref(), self.fd);
+                q.close(self.conn_ref(), self.fd);
                 self.closing = Closing::Submitted(reason);
             }
         }
@@ -317,16 +317,16 @@ impl<S> Connection<S> {
 
     /// Applies back-pressure: pauses reading above `max` unsent bytes, resumes at half.
     /// Returns true when it paused.
-    pub fn check_pressure(&mut self, max: usize, ops: &mut impl Ops) -> bool {
+    pub fn check_pressure(&mut self, max: usize, q: &mut impl Intents) -> bool {
         let unsent = self.unsent();
         if !self.paused && unsent > max && self.closing == Closing::Open {
             self.paused = true;
-            self.cancel_recv(ops);
+            self.cancel_recv(q);
             return true;
         }
         if self.paused && unsent <= max / 2 {
             self.paused = false;
-            self.arm_recv(ops);
+            self.arm_recv(q);
         }
         false
     }

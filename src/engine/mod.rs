@@ -1,24 +1,30 @@
 //! The per-worker engine: connection state and handler calls, driven by [`Event`]s and
-//! answering with [`Ops`] requests. It makes no syscalls, so every backend shares it and
-//! the in-memory [`sim`](crate::sim) backend can run it without a kernel.
+//! answering with [`Intents`]. It makes no syscalls, reads no clock (the worker hands it
+//! `now`) and logs nothing (it records [`Note`]s the worker logs), so every backend
+//! shares it and the in-memory backend runs it deterministically.
 //!
-//! One loop turn, as a backend drives it:
+//! One loop turn, as the worker loop ([`crate::worker`]) drives it:
 //!
 //! ```text
-//!   begin_turn(now)            the turn's clock, read once by the backend; timers fire
+//!   begin_turn(now)            the turn's clock, read once by the worker; timers fire
 //!   handle(event) ...          one call per decoded completion; handler callbacks run here
 //!   end_turn()                 coalesced sends go out, back-pressure and closes advance
-//!   next_deadline()            how long the backend may wait for the next completion
+//!   next_deadline()            how long the worker may wait for the next completion
 //! ```
+//!
+//! Every handler callback runs under `catch_unwind`: a panic closes that connection
+//! (counted in `handler_panics`, noted for the log), and the worker serves on.
 //!
 //! The drain (see [`crate::drain`]) is driven from `shutdown.rs`; this file is the data
 //! path: accept, receive, send, close.
 
 mod conn;
+mod note;
 mod shutdown;
 mod timer;
 
 use std::mem;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,14 +32,14 @@ use slab::Slab;
 
 use crate::buf::BufPool;
 use crate::config::Config;
+use crate::contract::{ConnRef, Event, GEN_MASK, Intents, OutBuf, RecvEnd};
 use crate::drain::Drain;
 use crate::handler::{CloseReason, CloseRequest, Handler, Worker};
-use crate::log;
 use crate::shared::Shared;
 use crate::stats::{WorkerDrain, WorkerStats};
-use crate::sys::{ConnRef, Event, GEN_MASK, Ops, OutBuf, RecvEnd};
 
 use conn::{Closing, Connection, Linger, Recv};
+pub(crate) use note::{Callback, Note, panic_message};
 use timer::Wheel;
 
 /// The accept side of a worker: whether an accept is in the kernel, and the back-off
@@ -84,10 +90,20 @@ pub(crate) struct Engine<H: Handler> {
     idle_watch: Vec<u32>,
     turn: u64,
     stats: WorkerStats,
+    /// What happened that the worker should log, oldest first.
+    notes: Vec<Note>,
+    /// The drain reached its teardown: the worker runs the registered teardowns.
+    teardown_due: bool,
 }
 
 impl<H: Handler> Engine<H> {
-    pub fn new(handler: H, worker: Worker, config: &Config, shared: Arc<Shared>) -> Engine<H> {
+    pub fn new(
+        handler: H,
+        worker: Worker,
+        config: &Config,
+        shared: Arc<Shared>,
+        now: Instant,
+    ) -> Engine<H> {
         Engine {
             handler,
             worker,
@@ -97,7 +113,7 @@ impl<H: Handler> Engine<H> {
             flush_spare: Vec::with_capacity(1024),
             next_generation: 0,
             acceptor: Acceptor::default(),
-            linger: Linger::new(config.linger),
+            linger: Linger::new(config.linger, now),
             limits: Limits {
                 max_unsent: config.max_unsent,
                 max_pending_input: config.max_pending_input,
@@ -110,19 +126,35 @@ impl<H: Handler> Engine<H> {
             drain: Drain::new(),
             drain_counts: WorkerDrain::default(),
             drain_later: Vec::new(),
-            timers: Wheel::new(Instant::now()),
+            timers: Wheel::new(now),
             due: Vec::new(),
             idle_watch: Vec::new(),
             turn: 0,
             stats: WorkerStats::default(),
+            notes: Vec::new(),
+            teardown_due: false,
         }
+    }
+
+    /// Hands each note recorded since the last call to `f`, oldest first.
+    pub fn drain_notes(&mut self, mut f: impl FnMut(&Note)) {
+        if !self.notes.is_empty() {
+            for note in self.notes.drain(..) {
+                f(&note);
+            }
+        }
+    }
+
+    /// The worker's index.
+    pub fn index(&self) -> usize {
+        self.worker.index
     }
 
     /// Arms accepting (unless the server is already draining). Called once, before the
     /// first turn.
-    pub fn start(&mut self, ops: &mut impl Ops) {
-        self.arm_accept(ops);
-        self.sync_drain(ops);
+    pub fn start(&mut self, q: &mut impl Intents) {
+        self.arm_accept(q);
+        self.sync_drain(q);
     }
 
     /// The counters so far.
@@ -131,20 +163,13 @@ impl<H: Handler> Engine<H> {
     }
 
     /// How many connections are open (or closing) on this worker.
+    #[cfg(any(test, feature = "sim"))]
     pub fn live(&self) -> usize {
         self.conns.len()
     }
 
-    /// The slot reference of the open connection with descriptor `fd` (for the simulator).
-    pub fn conn_ref_of_fd(&self, fd: i32) -> Option<ConnRef> {
-        self.conns
-            .iter()
-            .find(|(_, c)| c.fd == fd)
-            .map(|(_, c)| c.conn_ref())
-    }
-
     /// Sets the turn's clock and fires the timers that are due.
-    pub fn begin_turn(&mut self, now: Instant, ops: &mut impl Ops) {
+    pub fn begin_turn(&mut self, now: Instant, q: &mut impl Intents) {
         self.linger.now = now;
         self.turn += 1;
         if let Some(at) = self.acceptor.retry_at
@@ -152,24 +177,24 @@ impl<H: Handler> Engine<H> {
         {
             self.acceptor.retry_at = None;
             if !self.drain.accept_closed() {
-                self.arm_accept(ops);
+                self.arm_accept(q);
             }
         }
         while let Some(conn) = self.linger.expired(now) {
             if let Some(c) = lookup(&mut self.conns, &mut self.stats, conn) {
-                c.end_linger(ops, &mut self.linger);
+                c.end_linger(q, &mut self.linger);
             }
         }
         if self.drain.next_deadline().is_some_and(|at| at <= now) {
-            self.tick(now, ops);
+            self.tick(now, q);
         }
         if self.timers.next_deadline().is_some_and(|at| at <= now) {
-            self.fire_timers(now, ops);
+            self.fire_timers(now, q);
         }
     }
 
     /// Calls `on_timer` for every connection whose timer is due.
-    fn fire_timers(&mut self, now: Instant, ops: &mut impl Ops) {
+    fn fire_timers(&mut self, now: Instant, q: &mut impl Intents) {
         let mut due = mem::take(&mut self.due);
         self.timers.expire(now, &mut due);
         let reason = self.close_reason();
@@ -190,18 +215,34 @@ impl<H: Handler> Engine<H> {
                 Some(_) if c.closing == Closing::Open => {
                     c.timer_at = None;
                     let (mut handle, state) =
-                        c.handle(self.worker.index, draining, now, &mut self.pool);
+                        c.view(self.worker.index, draining, now, &mut self.pool);
+                    let mut outcome = Ok(());
                     if let Some(state) = state.as_mut() {
-                        self.handler.on_timer(state, &mut handle);
+                        outcome = guarded(Callback::Timer, || {
+                            self.handler.on_timer(state, &mut handle)
+                        });
                     }
-                    if !c.pending.is_empty() && c.close_requested != CloseRequest::AfterFlush {
+                    if outcome.is_ok()
+                        && !c.pending.is_empty()
+                        && c.close_requested != CloseRequest::AfterFlush
+                    {
                         // Input the handler set aside (while it waited on this timer, say)
                         // is offered again.
                         let ctx = (self.worker.index, draining, now);
-                        feed(&mut self.handler, c, &mut self.pool, ctx, &[]);
+                        outcome = feed(&mut self.handler, c, &mut self.pool, ctx, &[]);
+                    }
+                    if let Err(note) = outcome {
+                        contain(
+                            c,
+                            note,
+                            &mut self.stats,
+                            &mut self.notes,
+                            q,
+                            &mut self.linger,
+                        );
                     }
                     c.file_timer(&mut self.timers);
-                    after_handler(c, reason, &mut self.flush, ops, &mut self.linger);
+                    after_handler(c, reason, &mut self.flush, q, &mut self.linger);
                 }
                 Some(_) | None => c.timer_at = None,
             }
@@ -226,23 +267,23 @@ impl<H: Handler> Engine<H> {
     }
 
     /// Handles one event.
-    pub fn handle(&mut self, event: Event<'_>, ops: &mut impl Ops) {
+    pub fn handle(&mut self, event: Event<'_>, q: &mut impl Intents) {
         match event {
-            Event::Accepted { fd } => self.on_accepted(fd, ops),
-            Event::AcceptEnded { errno } => self.on_accept_ended(errno, ops),
-            Event::Received { conn, data, queued } => self.on_received(conn, data, queued, ops),
-            Event::RecvEnded { conn, why } => self.on_recv_ended(conn, why, ops),
-            Event::Sent { conn, result, buf } => self.on_sent(conn, result, buf, ops),
-            Event::Closed { conn } => self.on_closed(conn, ops),
-            Event::Signal { signo } => self.on_signal(signo, ops),
-            Event::Wake => self.sync_drain(ops),
+            Event::Accepted { fd } => self.on_accepted(fd, q),
+            Event::AcceptEnded { errno } => self.on_accept_ended(errno, q),
+            Event::Received { conn, data, queued } => self.on_received(conn, data, queued, q),
+            Event::RecvEnded { conn, why } => self.on_recv_ended(conn, why, q),
+            Event::Sent { conn, result, buf } => self.on_sent(conn, result, buf, q),
+            Event::Closed { conn } => self.on_closed(conn, q),
+            Event::Signal { signo } => self.on_signal(signo, q),
+            Event::Wake => self.sync_drain(q),
         }
     }
 
     /// Ends the turn: everything written during it leaves in one send per connection.
-    pub fn end_turn(&mut self, ops: &mut impl Ops) {
+    pub fn end_turn(&mut self, q: &mut impl Intents) {
         if !self.drain_later.is_empty() {
-            self.notify_later(ops);
+            self.notify_later(q);
         }
         let mut watch = mem::take(&mut self.idle_watch);
         for &key in &watch {
@@ -264,9 +305,9 @@ impl<H: Handler> Engine<H> {
                 let buf = mem::take(&mut c.out);
                 c.inflight = buf.len();
                 c.sending = true;
-                ops.send(c.conn_ref(), c.fd, OutBuf { buf, pos: 0 });
+                q.send(c.conn_ref(), c.fd, OutBuf { buf, pos: 0 });
             }
-            if c.check_pressure(self.limits.max_unsent, ops) {
+            if c.check_pressure(self.limits.max_unsent, q) {
                 self.stats.reads_paused += 1;
             }
             if c.close_requested == CloseRequest::WhenIdle && c.closing == Closing::Open {
@@ -283,32 +324,31 @@ impl<H: Handler> Engine<H> {
                     } else {
                         CloseReason::Handler
                     };
-                    c.begin_close(reason, true, ops, &mut self.linger);
+                    c.begin_close(reason, true, q, &mut self.linger);
                 } else {
                     c.quiet_since.get_or_insert(self.turn);
                     self.idle_watch.push(c.key);
                 }
             }
-            c.advance_close(ops, &mut self.linger);
+            c.advance_close(q, &mut self.linger);
         }
         self.flush_spare = keys;
     }
 
-    fn arm_accept(&mut self, ops: &mut impl Ops) {
+    fn arm_accept(&mut self, q: &mut impl Intents) {
         if !self.acceptor.armed && !self.acceptor.listener_closed {
-            ops.accept();
+            q.accept();
             self.acceptor.armed = true;
         }
     }
 
-    fn on_accepted(&mut self, fd: i32, ops: &mut impl Ops) {
+    fn on_accepted(&mut self, fd: i32, q: &mut impl Intents) {
         self.stats.accepted += 1;
         self.shared.opened();
         if self.acceptor.backoff.take().is_some() {
-            log::info(format_args!(
-                "worker {}: accepting again after {} back-offs",
-                self.worker.index, self.stats.accept_backoffs
-            ));
+            self.notes.push(Note::AcceptRecovered {
+                backoffs: self.stats.accept_backoffs,
+            });
         }
         let reason = self.close_reason();
         self.next_generation = (self.next_generation + 1) & GEN_MASK;
@@ -321,22 +361,32 @@ impl<H: Handler> Engine<H> {
             self.turn,
             self.linger.now,
         ));
-        let (mut conn, state) = c.handle(
+        let (mut conn, state) = c.view(
             self.worker.index,
             self.drain.draining(),
             self.linger.now,
             &mut self.pool,
         );
-        *state = Some(self.handler.on_open(&mut conn));
-        c.arm_recv(ops);
+        match guarded(Callback::Open, || self.handler.on_open(&mut conn)) {
+            Ok(opened) => *state = Some(opened),
+            Err(note) => contain(
+                c,
+                note,
+                &mut self.stats,
+                &mut self.notes,
+                q,
+                &mut self.linger,
+            ),
+        }
+        c.arm_recv(q);
         c.file_timer(&mut self.timers);
-        after_handler(c, reason, &mut self.flush, ops, &mut self.linger);
+        after_handler(c, reason, &mut self.flush, q, &mut self.linger);
     }
 
-    fn on_accept_ended(&mut self, errno: i32, ops: &mut impl Ops) {
+    fn on_accept_ended(&mut self, errno: i32, q: &mut impl Intents) {
         self.acceptor.armed = false;
         if self.drain.accept_closed() {
-            self.finish_stop_accepting(ops);
+            self.finish_stop_accepting(q);
             return;
         }
         match errno {
@@ -349,7 +399,7 @@ impl<H: Handler> Engine<H> {
                 if errno != 0 && errno != libc::ECANCELED {
                     self.stats.accept_errors += 1;
                 }
-                self.arm_accept(ops);
+                self.arm_accept(q);
             }
             _ => self.back_off(errno),
         }
@@ -363,11 +413,7 @@ impl<H: Handler> Engine<H> {
             Some(d) => (d * 2).min(self.limits.backoff_max),
         };
         if self.acceptor.backoff.is_none() {
-            log::warn(format_args!(
-                "worker {}: accept failed ({}), backing off",
-                self.worker.index,
-                std::io::Error::from_raw_os_error(errno)
-            ));
+            self.notes.push(Note::AcceptBackingOff { errno });
         }
         if !matches!(
             errno,
@@ -380,7 +426,7 @@ impl<H: Handler> Engine<H> {
         self.acceptor.retry_at = Some(self.linger.now + delay);
     }
 
-    fn on_received(&mut self, conn: ConnRef, data: &[u8], queued: bool, ops: &mut impl Ops) {
+    fn on_received(&mut self, conn: ConnRef, data: &[u8], queued: bool, q: &mut impl Intents) {
         self.stats.bytes_in += data.len() as u64;
         let worker = self.worker.index;
         let draining = self.drain.draining();
@@ -396,22 +442,31 @@ impl<H: Handler> Engine<H> {
         if c.closing != Closing::Open || c.close_requested == CloseRequest::AfterFlush {
             return; // closing: input is read only so that the close does not reset
         }
-        feed(
+        let fed = feed(
             &mut self.handler,
             c,
             &mut self.pool,
             (worker, draining, now),
             data,
         );
-        if c.pending.len() > max_pending {
+        if let Err(note) = fed {
+            contain(
+                c,
+                note,
+                &mut self.stats,
+                &mut self.notes,
+                q,
+                &mut self.linger,
+            );
+        } else if c.pending.len() > max_pending {
             self.stats.input_limit_closes += 1;
-            c.begin_close(CloseReason::InputLimit, false, ops, &mut self.linger);
+            c.begin_close(CloseReason::InputLimit, false, q, &mut self.linger);
         }
         c.file_timer(&mut self.timers);
-        after_handler(c, reason, &mut self.flush, ops, &mut self.linger);
+        after_handler(c, reason, &mut self.flush, q, &mut self.linger);
     }
 
-    fn on_recv_ended(&mut self, conn: ConnRef, why: RecvEnd, ops: &mut impl Ops) {
+    fn on_recv_ended(&mut self, conn: ConnRef, why: RecvEnd, q: &mut impl Intents) {
         if why == RecvEnd::NoBuffers {
             self.stats.recv_no_buffers += 1;
         }
@@ -422,15 +477,13 @@ impl<H: Handler> Engine<H> {
         match why {
             RecvEnd::Eof => {
                 c.read_done = true;
-                c.begin_close(CloseReason::PeerClosed, true, ops, &mut self.linger);
-                c.end_linger(ops, &mut self.linger);
+                c.begin_close(CloseReason::PeerClosed, true, q, &mut self.linger);
+                c.end_linger(q, &mut self.linger);
             }
-            RecvEnd::Rearm | RecvEnd::NoBuffers | RecvEnd::Cancelled => c.arm_recv(ops),
-            RecvEnd::Error(errno) => {
-                c.begin_close(error_reason(errno), false, ops, &mut self.linger)
-            }
+            RecvEnd::Rearm | RecvEnd::NoBuffers | RecvEnd::Cancelled => c.arm_recv(q),
+            RecvEnd::Error(errno) => c.begin_close(error_reason(errno), false, q, &mut self.linger),
         }
-        c.advance_close(ops, &mut self.linger);
+        c.advance_close(q, &mut self.linger);
     }
 
     fn on_sent(
@@ -438,7 +491,7 @@ impl<H: Handler> Engine<H> {
         conn: ConnRef,
         result: Result<usize, i32>,
         mut buf: OutBuf,
-        ops: &mut impl Ops,
+        q: &mut impl Intents,
     ) {
         let Some(c) = lookup(&mut self.conns, &mut self.stats, conn) else {
             self.pool.put(buf.buf);
@@ -452,7 +505,7 @@ impl<H: Handler> Engine<H> {
                 if buf.pos < buf.buf.len() && !matches!(c.closing, Closing::Now(_)) {
                     c.inflight = buf.buf.len() - buf.pos;
                     c.sending = true;
-                    ops.send(c.conn_ref(), c.fd, buf);
+                    q.send(c.conn_ref(), c.fd, buf);
                 } else {
                     self.pool.put(buf.buf);
                     queue_flush(c, &mut self.flush);
@@ -460,22 +513,22 @@ impl<H: Handler> Engine<H> {
             }
             Ok(_) => {
                 self.pool.put(buf.buf);
-                c.begin_close(CloseReason::Error(libc::EIO), false, ops, &mut self.linger);
+                c.begin_close(CloseReason::Error(libc::EIO), false, q, &mut self.linger);
             }
             Err(errno) => {
                 self.pool.put(buf.buf);
                 if errno != libc::ECANCELED {
-                    c.begin_close(error_reason(errno), false, ops, &mut self.linger);
+                    c.begin_close(error_reason(errno), false, q, &mut self.linger);
                 }
             }
         }
-        if c.check_pressure(self.limits.max_unsent, ops) {
+        if c.check_pressure(self.limits.max_unsent, q) {
             self.stats.reads_paused += 1;
         }
-        c.advance_close(ops, &mut self.linger);
+        c.advance_close(q, &mut self.linger);
     }
 
-    fn on_closed(&mut self, conn: ConnRef, ops: &mut impl Ops) {
+    fn on_closed(&mut self, conn: ConnRef, q: &mut impl Intents) {
         if lookup(&mut self.conns, &mut self.stats, conn).is_none() {
             return;
         }
@@ -492,9 +545,13 @@ impl<H: Handler> Engine<H> {
         self.pool.put(c.out);
         self.pool.put(c.pending);
         if let Some(state) = c.state {
-            self.handler.on_close(state, reason);
+            let closed = guarded(Callback::Close, || self.handler.on_close(state, reason));
+            if let Err(note) = closed {
+                self.stats.handler_panics += 1;
+                self.notes.push(note);
+            }
         }
-        self.check_drained(ops);
+        self.check_drained(q);
     }
 
     /// The reason a handler-requested close gets: `Shutdown` once the drain began.
@@ -512,7 +569,7 @@ fn after_handler<S>(
     c: &mut Connection<S>,
     reason: CloseReason,
     flush: &mut Vec<u32>,
-    ops: &mut impl Ops,
+    q: &mut impl Intents,
     linger: &mut Linger,
 ) {
     if !c.out.is_empty() {
@@ -522,7 +579,7 @@ fn after_handler<S>(
         CloseRequest::None => {}
         CloseRequest::WhenIdle => queue_flush(c, flush), // end_turn closes it once idle
         CloseRequest::AfterFlush if c.closing == Closing::Open => {
-            c.begin_close(reason, true, ops, linger);
+            c.begin_close(reason, true, q, linger);
             queue_flush(c, flush);
         }
         CloseRequest::AfterFlush => {}
@@ -553,16 +610,17 @@ fn queue_flush<S>(c: &mut Connection<S>, flush: &mut Vec<u32>) {
 }
 
 /// Offers the connection's pending input followed by `data` to the handler; what it
-/// leaves unconsumed stays pending (in a pooled buffer, freed once empty).
+/// leaves unconsumed stays pending (in a pooled buffer, freed once empty). A panic in
+/// the handler comes back as its note; the input is then dropped.
 fn feed<H: Handler>(
     handler: &mut H,
     c: &mut Connection<H::State>,
     pool: &mut BufPool,
     (worker, draining, now): (usize, bool, Instant),
     data: &[u8],
-) {
+) -> Result<(), Note> {
     if c.pending.is_empty() {
-        let used = deliver(handler, c, pool, worker, draining, now, data);
+        let used = deliver(handler, c, pool, worker, draining, now, data)?;
         if used < data.len() && c.close_requested != CloseRequest::AfterFlush {
             c.pending = pool.take();
             c.pending.extend_from_slice(&data[used..]);
@@ -570,7 +628,14 @@ fn feed<H: Handler>(
     } else {
         let mut pending = mem::take(&mut c.pending);
         pending.extend_from_slice(data);
-        let used = deliver(handler, c, pool, worker, draining, now, &pending);
+        let delivered = deliver(handler, c, pool, worker, draining, now, &pending);
+        let used = match delivered {
+            Ok(used) => used,
+            Err(note) => {
+                pool.put(pending);
+                return Err(note);
+            }
+        };
         pending.drain(..used);
         if pending.is_empty() || c.close_requested == CloseRequest::AfterFlush {
             pool.put(pending);
@@ -578,6 +643,7 @@ fn feed<H: Handler>(
             c.pending = pending;
         }
     }
+    Ok(())
 }
 
 /// Offers `data` to the handler until it consumes all of it, stops making progress, or
@@ -590,22 +656,47 @@ fn deliver<H: Handler>(
     draining: bool,
     now: Instant,
     data: &[u8],
-) -> usize {
+) -> Result<usize, Note> {
     let mut used = 0;
     while used < data.len() && c.close_requested != CloseRequest::AfterFlush {
-        let (mut conn, state) = c.handle(worker, draining, now, pool);
+        let (mut conn, state) = c.view(worker, draining, now, pool);
         let Some(state) = state.as_mut() else {
-            return data.len();
+            return Ok(data.len());
         };
-        let n = handler
-            .on_data(state, &mut conn, &data[used..])
-            .min(data.len() - used);
+        let rest = &data[used..];
+        let n = guarded(Callback::Data, || handler.on_data(state, &mut conn, rest))?;
+        let n = n.min(data.len() - used);
         if n == 0 {
             break;
         }
         used += n;
     }
-    used
+    Ok(used)
+}
+
+/// Runs one handler callback, turning a panic into the note that reports it.
+#[inline]
+fn guarded<R>(callback: Callback, f: impl FnOnce() -> R) -> Result<R, Note> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| Note::HandlerPanic {
+        callback,
+        message: panic_message(&*payload),
+    })
+}
+
+/// A handler callback panicked on this connection: count and note it, drop the input
+/// and output it left, and close the connection at once (`on_close` still follows).
+fn contain<S>(
+    c: &mut Connection<S>,
+    note: Note,
+    stats: &mut WorkerStats,
+    notes: &mut Vec<Note>,
+    q: &mut impl Intents,
+    linger: &mut Linger,
+) {
+    stats.handler_panics += 1;
+    notes.push(note);
+    c.pending.clear();
+    c.begin_close(CloseReason::HandlerPanic, false, q, linger);
 }
 
 fn error_reason(errno: i32) -> CloseReason {

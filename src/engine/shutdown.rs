@@ -4,13 +4,12 @@
 
 use std::time::Instant;
 
-use super::{Engine, after_handler};
+use super::{Callback, Engine, Note, after_handler, contain, guarded};
+use crate::contract::{ConnRef, Intents};
 use crate::drain::{Input, Phase, Steps};
-use crate::handler::{CloseReason, Handler};
-use crate::log;
+use crate::handler::{CloseReason, Handler, Teardown};
 use crate::shared::Trigger;
 use crate::stats::WorkerDrain;
-use crate::sys::{ConnRef, Ops};
 
 use super::conn::{Closing, Connection};
 
@@ -32,32 +31,25 @@ impl<H: Handler> Engine<H> {
     }
 
     /// A shutdown signal: the first starts the drain, a later one forces it.
-    pub(super) fn on_signal(&mut self, signo: i32, ops: &mut impl Ops) {
+    pub(super) fn on_signal(&mut self, signo: i32, q: &mut impl Intents) {
         let trigger = Trigger::from_signal(signo);
+        let now = self.linger.now;
         if !self.shared.draining() {
-            if self.shared.begin(trigger) {
-                log::info(format_args!(
-                    "worker {}: {} received, draining {} connections",
-                    self.worker.index,
-                    trigger.as_str(),
-                    self.shared.live()
-                ));
-                ops.wake_workers();
+            if self.shared.begin(trigger, now) {
+                let live = self.shared.live();
+                self.notes.push(Note::DrainBegan { trigger, live });
+                q.wake_workers();
             }
-        } else if self.shared.force(trigger) {
-            log::info(format_args!(
-                "worker {}: second {}, closing {} connections now",
-                self.worker.index,
-                trigger.as_str(),
-                self.shared.live()
-            ));
-            ops.wake_workers();
+        } else if self.shared.force(trigger, now) {
+            let live = self.shared.live();
+            self.notes.push(Note::DrainForced { trigger, live });
+            q.wake_workers();
         }
-        self.sync_drain(ops);
+        self.sync_drain(q);
     }
 
     /// Brings this worker's drain in line with the server's shared state.
-    pub(super) fn sync_drain(&mut self, ops: &mut impl Ops) {
+    pub(super) fn sync_drain(&mut self, q: &mut impl Intents) {
         let Some(began) = self.shared.began() else {
             return;
         };
@@ -67,24 +59,24 @@ impl<H: Handler> Engine<H> {
                 delay: self.limits.drain_delay,
                 grace: self.limits.grace_period,
             });
-            self.apply(steps, ops);
+            self.apply(steps, q);
             // The readiness delay or the deadline may already be due.
-            self.tick(self.linger.now.max(began.at), ops);
+            self.tick(self.linger.now.max(began.at), q);
         }
         if self.shared.forced() && !self.drain.forced() {
             let steps = self.drain.on(Input::Force {
                 now: self.linger.now,
             });
-            self.apply(steps, ops);
+            self.apply(steps, q);
         }
     }
 
-    pub(super) fn tick(&mut self, now: Instant, ops: &mut impl Ops) {
+    pub(super) fn tick(&mut self, now: Instant, q: &mut impl Intents) {
         let steps = self.drain.on(Input::Tick { now });
-        self.apply(steps, ops);
+        self.apply(steps, q);
     }
 
-    fn apply(&mut self, steps: Steps, ops: &mut impl Ops) {
+    fn apply(&mut self, steps: Steps, q: &mut impl Intents) {
         let Steps {
             stop_accepting,
             notify_connections,
@@ -92,61 +84,56 @@ impl<H: Handler> Engine<H> {
             teardown,
         } = steps;
         if stop_accepting {
-            self.stop_accepting(ops);
+            self.stop_accepting(q);
         }
         if notify_connections {
-            self.notify_connections(ops);
+            self.notify_connections(q);
         }
         if abort_connections {
-            self.abort_connections(ops);
+            self.abort_connections(q);
         }
         if teardown {
-            self.teardown();
+            self.teardown_due = true;
         }
-        self.check_drained(ops);
+        self.check_drained(q);
     }
 
-    fn stop_accepting(&mut self, ops: &mut impl Ops) {
+    fn stop_accepting(&mut self, q: &mut impl Intents) {
         self.acceptor.retry_at = None;
         if self.acceptor.armed {
-            ops.cancel_accept(); // its last completion finishes the stop
+            q.cancel_accept(); // its last completion finishes the stop
         } else {
-            self.finish_stop_accepting(ops);
+            self.finish_stop_accepting(q);
         }
     }
 
     /// The accept is no longer in flight: serve the backlog, close the listener.
-    pub(super) fn finish_stop_accepting(&mut self, ops: &mut impl Ops) {
+    pub(super) fn finish_stop_accepting(&mut self, q: &mut impl Intents) {
         if self.acceptor.listener_closed {
             return;
         }
         self.acceptor.listener_closed = true;
         let mut backlog = Vec::new();
-        if let Some(errno) = ops.close_listener(&mut backlog) {
-            log::warn(format_args!(
-                "worker {}: backlog accept stopped early: {}",
-                self.worker.index,
-                std::io::Error::from_raw_os_error(errno)
-            ));
+        if let Some(errno) = q.close_listener_now(&mut backlog) {
+            self.notes.push(Note::BacklogStopped { errno });
         }
         let from_backlog = backlog.len();
         for fd in backlog {
-            self.on_accepted(fd, ops);
+            self.on_accepted(fd, q);
         }
-        log::info(format_args!(
-            "worker {}: accept stopped ({from_backlog} from the backlog), {} connections open",
-            self.worker.index,
-            self.conns.len()
-        ));
+        self.notes.push(Note::AcceptStopped {
+            from_backlog,
+            open: self.conns.len(),
+        });
         let steps = self.drain.on(Input::AcceptStopped {
             now: self.linger.now,
         });
-        self.apply(steps, ops);
+        self.apply(steps, q);
     }
 
     /// Tells every open connection the drain began. The handler decides: by default a
     /// connection closes once its output is flushed (at once when it is idle).
-    fn notify_connections(&mut self, ops: &mut impl Ops) {
+    fn notify_connections(&mut self, q: &mut impl Intents) {
         let turn = self.turn;
         let mut now = Vec::with_capacity(self.conns.len());
         for (_, c) in self.conns.iter() {
@@ -156,11 +143,11 @@ impl<H: Handler> Engine<H> {
                 now.push(c.conn_ref());
             }
         }
-        self.notify(&now, ops);
+        self.notify(&now, q);
     }
 
     /// Tells the connections deferred from an earlier turn.
-    pub(super) fn notify_later(&mut self, ops: &mut impl Ops) {
+    pub(super) fn notify_later(&mut self, q: &mut impl Intents) {
         let turn = self.turn;
         let (due, wait): (Vec<ConnRef>, Vec<ConnRef>) = self.drain_later.drain(..).partition(|r| {
             self.conns
@@ -168,10 +155,10 @@ impl<H: Handler> Engine<H> {
                 .is_none_or(|c| c.born_turn < turn)
         });
         self.drain_later = wait;
-        self.notify(&due, ops);
+        self.notify(&due, q);
     }
 
-    fn notify(&mut self, conns: &[ConnRef], ops: &mut impl Ops) {
+    fn notify(&mut self, conns: &[ConnRef], q: &mut impl Intents) {
         let reason = CloseReason::Shutdown;
         for &r in conns {
             let Some(c) = self
@@ -186,31 +173,38 @@ impl<H: Handler> Engine<H> {
                 continue;
             }
             let (mut conn, state) =
-                c.handle(self.worker.index, true, self.linger.now, &mut self.pool);
+                c.view(self.worker.index, true, self.linger.now, &mut self.pool);
             let Some(state) = state.as_mut() else {
                 continue;
             };
-            self.handler.on_drain(state, &mut conn);
+            if let Err(note) = guarded(Callback::Drain, || self.handler.on_drain(state, &mut conn))
+            {
+                contain(
+                    c,
+                    note,
+                    &mut self.stats,
+                    &mut self.notes,
+                    q,
+                    &mut self.linger,
+                );
+            }
             c.file_timer(&mut self.timers);
-            after_handler(c, reason, &mut self.flush, ops, &mut self.linger);
+            after_handler(c, reason, &mut self.flush, q, &mut self.linger);
         }
     }
 
     /// Closes every remaining connection now.
-    fn abort_connections(&mut self, ops: &mut impl Ops) {
+    fn abort_connections(&mut self, q: &mut impl Intents) {
         let mut cut = 0;
         for (_, c) in self.conns.iter_mut() {
             if !matches!(c.closing, Closing::Submitted(_)) {
                 c.aborted = true;
                 cut += 1;
-                c.begin_close(CloseReason::Shutdown, false, ops, &mut self.linger);
+                c.begin_close(CloseReason::Shutdown, false, q, &mut self.linger);
             }
         }
         if cut > 0 {
-            log::warn(format_args!(
-                "worker {}: cutting {cut} connections (grace period over or forced)",
-                self.worker.index
-            ));
+            self.notes.push(Note::Cutting { count: cut });
         }
     }
 
@@ -226,33 +220,36 @@ impl<H: Handler> Engine<H> {
     }
 
     /// Moves on once the worker's last connection is gone.
-    pub(super) fn check_drained(&mut self, ops: &mut impl Ops) {
+    pub(super) fn check_drained(&mut self, q: &mut impl Intents) {
         if self.drain.phase() == Phase::Draining && self.conns.is_empty() {
-            log::info(format_args!(
-                "worker {}: last connection closed ({} drained, {} idle, {} aborted)",
-                self.worker.index,
-                self.drain_counts.drained,
-                self.drain_counts.closed_idle,
-                self.drain_counts.aborted
-            ));
+            self.notes.push(Note::LastClosed {
+                drained: self.drain_counts.drained,
+                idle: self.drain_counts.closed_idle,
+                aborted: self.drain_counts.aborted,
+            });
             let steps = self.drain.on(Input::ConnectionsGone {
                 now: self.linger.now,
             });
-            self.apply(steps, ops);
+            self.apply(steps, q);
         }
     }
 
-    /// Runs the registered teardowns, last registered first, then finishes.
-    fn teardown(&mut self) {
-        while let Some((name, close)) = self.worker.teardown.pop() {
-            log::info(format_args!(
-                "worker {}: teardown {name}",
-                self.worker.index
-            ));
-            close();
+    /// The teardowns to run now, last registered first: the drain reached its teardown
+    /// step. The worker runs them (embedder code, outside the engine) and then calls
+    /// [`torn_down`](Engine::torn_down). `None` until then.
+    pub fn take_teardowns(&mut self) -> Option<Vec<Teardown>> {
+        if !self.teardown_due {
+            return None;
         }
-        self.drain.on(Input::TornDown {
-            now: Instant::now(),
-        });
+        self.teardown_due = false;
+        let mut list = std::mem::take(&mut self.worker.teardown);
+        list.reverse();
+        Some(list)
+    }
+
+    /// The teardowns ran (`panics` of them panicked): the worker is done.
+    pub fn torn_down(&mut self, now: Instant, panics: u64) {
+        self.stats.teardown_panics += panics;
+        self.drain.on(Input::TornDown { now });
     }
 }

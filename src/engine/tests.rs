@@ -31,7 +31,7 @@ struct Rec {
     backlog: Vec<i32>,
 }
 
-impl Ops for Rec {
+impl Intents for Rec {
     fn accept(&mut self) {
         self.ops.push(Op::Accept);
     }
@@ -48,10 +48,10 @@ impl Ops for Rec {
     fn cancel_send(&mut self, conn: ConnRef) {
         self.ops.push(Op::CancelSend(conn));
     }
-    fn shutdown_write(&mut self, conn: ConnRef, _fd: i32) {
+    fn shutdown_write_now(&mut self, conn: ConnRef, _fd: i32) {
         self.ops.push(Op::Shutdown(conn));
     }
-    fn shutdown_both(&mut self, conn: ConnRef, _fd: i32) {
+    fn shutdown_both_now(&mut self, conn: ConnRef, _fd: i32) {
         self.ops.push(Op::ShutdownBoth(conn));
     }
     fn close(&mut self, conn: ConnRef, _fd: i32) {
@@ -60,7 +60,7 @@ impl Ops for Rec {
     fn cancel_accept(&mut self) {
         self.ops.push(Op::CancelAccept);
     }
-    fn close_listener(&mut self, backlog: &mut Vec<i32>) -> Option<i32> {
+    fn close_listener_now(&mut self, backlog: &mut Vec<i32>) -> Option<i32> {
         self.ops.push(Op::CloseListener);
         backlog.append(&mut self.backlog);
         None
@@ -126,7 +126,13 @@ fn setup(lines: bool, amplify: usize, config: Config) -> T {
     };
     let shared = crate::shared::Shared::new(1).unwrap();
     let mut t = T {
-        engine: Engine::new(handler, crate::handler::Worker::new(0), &config, shared),
+        engine: Engine::new(
+            handler,
+            crate::handler::Worker::new(0),
+            &config,
+            shared,
+            Instant::now(),
+        ),
         rec: Rec::default(),
         calls,
     };
@@ -136,6 +142,15 @@ fn setup(lines: bool, amplify: usize, config: Config) -> T {
 }
 
 impl T {
+    /// What the worker loop does after a turn: run the teardowns once they are due.
+    fn run_teardowns(&mut self) {
+        if let Some(list) = self.engine.take_teardowns() {
+            for (_, close) in list {
+                close();
+            }
+            self.engine.torn_down(Instant::now(), 0);
+        }
+    }
     fn accept(&mut self, fd: i32) -> ConnRef {
         self.engine.handle(Event::Accepted { fd }, &mut self.rec);
         self.engine.end_turn(&mut self.rec);
@@ -598,6 +613,7 @@ fn sigterm_drains_in_order_and_serves_the_backlog() {
     for c in [busy, idle, backlog] {
         t.engine.handle(Event::Closed { conn: c }, &mut t.rec);
     }
+    t.run_teardowns();
     assert_eq!(
         *order.borrow(),
         ["second", "first"],
@@ -662,6 +678,7 @@ fn a_second_signal_aborts_what_is_left() {
     );
     assert_eq!(t.rec.take(), vec![Op::Close(c)]);
     t.engine.handle(Event::Closed { conn: c }, &mut t.rec);
+    t.run_teardowns();
     assert!(t.engine.is_done());
     assert_eq!(t.engine.drain_report().aborted, 1);
 }

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sys::ConnRef;
+use crate::contract::ConnRef;
 
 /// The wheel's resolution.
 pub(crate) const TICK: Duration = Duration::from_millis(4);
@@ -54,9 +54,20 @@ impl Wheel {
         self.min_tick = self.min_tick.min(tick);
     }
 
+    /// The instant tick `tick` begins (ticks are counted in 64 bits: no wrap in any
+    /// uptime).
+    fn instant_of(&self, tick: u64) -> Instant {
+        let nanos = u128::from(tick) * TICK.as_nanos();
+        let since = Duration::new(
+            (nanos / 1_000_000_000) as u64,
+            (nanos % 1_000_000_000) as u32,
+        );
+        self.origin + since
+    }
+
     /// The earliest instant at which an entry is due, if any entry waits.
     pub fn next_deadline(&self) -> Option<Instant> {
-        (self.len > 0).then(|| self.origin + TICK * self.min_tick as u32)
+        (self.len > 0).then(|| self.instant_of(self.min_tick))
     }
 
     /// Moves the entries due by `now` into `due`.
@@ -150,6 +161,25 @@ mod tests {
         assert!(due.is_empty(), "same bucket, later round");
         w.expire(t0 + far, &mut due);
         assert_eq!(due, [c(7)]);
+    }
+
+    #[test]
+    fn deadlines_after_2_pow_32_ticks_are_exact() {
+        // 2^32 ticks of 4 ms is about 199 days of uptime: a 32-bit tick count would wrap
+        // there and report a deadline 199 days early (a spinning loop).
+        let t0 = Instant::now();
+        let mut w = Wheel::new(t0);
+        let mut due = Vec::new();
+        let later = t0 + TICK * u32::MAX + Duration::from_secs(3600);
+        w.expire(later, &mut due);
+        let at = later + Duration::from_millis(10);
+        w.insert(at, c(9));
+        let next = w.next_deadline().unwrap();
+        assert!(next >= at && next < at + TICK, "{:?}", next - t0);
+        w.expire(at - Duration::from_millis(1), &mut due);
+        assert!(due.is_empty(), "not before its deadline");
+        w.expire(next, &mut due);
+        assert_eq!(due, [c(9)]);
     }
 
     #[test]

@@ -2,51 +2,36 @@
 //!
 //! For hosts where io_uring is unavailable (seccomp profiles, `io_uring_disabled`,
 //! gVisor). Sockets are non-blocking and registered edge-triggered once, for reading
-//! and writing; the backend reads until a short read (or EAGAIN), accepts until EAGAIN,
+//! and writing; the driver reads until a short read (or EAGAIN), accepts until EAGAIN,
 //! and writes a send at once, parking what does not fit until the socket is writable.
 //! The shutdown signalfd and the worker's eventfd sit in the same epoll set.
 //!
-//! The engine's requests that complete at once (a write, a close, a cancel) cannot call
-//! back into the engine while it is calling the backend, so their events are queued and
-//! delivered at the start of the next dispatch, before the backend waits again; such a
-//! turn waits with a zero timeout.
+//! Intents that complete at once (a write, a close, a cancel) cannot call back into the
+//! engine while it is asking for them, so their events are queued and delivered by the
+//! next [`Driver::reap`]; [`Driver::has_ready`] tells the worker loop so, and it reaps
+//! again before it waits (or waits with a zero timeout).
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use socket2::Socket;
 
-use crate::engine::Engine;
-use crate::handler::Handler;
+use super::fds::OpenFds;
+use super::signal::{SIGINFO_SIZE, signo};
+use super::socket;
+use super::syscall::syscall;
+use super::token::{Kind, NO_CONN, decode, encode};
+use crate::contract::{ConnRef, Driver, Event, Intents, OutBuf, RecvEnd};
 use crate::log;
 use crate::shared::Shared;
-use crate::signal::{SIGINFO_SIZE, signo};
-use crate::stats::WorkerReport;
-use crate::sys::token::{Kind, NO_CONN, decode, encode};
-use crate::sys::{ConnRef, Event, Ops, OutBuf, RecvEnd, socket};
 
 /// How much one read takes at most (one buffer, reused for every connection).
 const READ_CHUNK: usize = 64 * 1024;
 /// Events taken from one `epoll_wait`.
 const MAX_EVENTS: usize = 256;
-
-/// Turns `-1` into the OS error.
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-fn errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
 
 /// What the backend knows of one connection slot.
 #[derive(Debug, Default)]
@@ -59,7 +44,7 @@ struct Slot {
     parked: Option<OutBuf>,
 }
 
-/// An event produced inside an `Ops` call, delivered at the next dispatch.
+/// An event produced inside an intent, delivered by the next reap.
 #[derive(Debug)]
 enum Deferred {
     Sent(ConnRef, Result<usize, i32>, OutBuf),
@@ -73,202 +58,209 @@ enum Deferred {
     TryAccept,
 }
 
-/// The backend's state that `Ops` calls change.
-struct Io {
+/// The epoll set and what the engine's intents change: the driver's queue.
+pub(crate) struct EpollQueue {
     epfd: OwnedFd,
     listener: Option<Socket>,
     slots: Vec<Slot>,
     deferred: VecDeque<Deferred>,
     accept_armed: bool,
+    /// Connection descriptors handed to the engine and not yet closed.
+    fds: OpenFds,
     shared: Arc<Shared>,
     index: usize,
 }
 
 /// One worker's epoll backend.
-pub(crate) struct EpollWorker {
-    io: Io,
+pub(crate) struct EpollDriver {
+    q: EpollQueue,
+    events: Vec<libc::epoll_event>,
+    /// Events the last wait returned, still to dispatch.
+    ready: usize,
     signalfd: Option<RawFd>,
     read_buf: Vec<u8>,
 }
 
-impl EpollWorker {
+impl EpollDriver {
     /// Creates the epoll set with the listener, the signalfd and the worker's eventfd.
     pub fn new(
         listener: Socket,
         signalfd: Option<RawFd>,
         shared: Arc<Shared>,
         index: usize,
-    ) -> io::Result<EpollWorker> {
-        // SAFETY: epoll_create1 takes only flags; the result is checked.
-        let epfd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    ) -> io::Result<EpollDriver> {
+        // SAFETY: epoll_create1 takes only flags.
+        let epfd = unsafe { syscall!(epoll_create1(libc::EPOLL_CLOEXEC)) }?;
         // SAFETY: epoll_create1 returned a new descriptor that nothing else owns.
         let epfd = unsafe { OwnedFd::from_raw_fd(epfd) };
-        let io = Io {
+        let q = EpollQueue {
             epfd,
             listener: None,
             slots: Vec::new(),
             deferred: VecDeque::new(),
             accept_armed: false,
+            fds: OpenFds::default(),
             shared,
             index,
         };
         let edge = (libc::EPOLLIN | libc::EPOLLET) as u32;
-        io.ctl(
+        q.ctl(
             libc::EPOLL_CTL_ADD,
             listener.as_raw_fd(),
             edge,
             encode(Kind::Accept, NO_CONN),
         )?;
         if let Some(fd) = signalfd {
-            io.ctl(
-                libc::EPOLL_CTL_ADD,
-                fd,
-                libc::EPOLLIN as u32,
-                encode(Kind::Signal, NO_CONN),
-            )?;
+            let token = encode(Kind::Signal, NO_CONN);
+            q.ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, token)?;
         }
-        let wake = io.shared.wakers[index].eventfd();
-        io.ctl(
-            libc::EPOLL_CTL_ADD,
-            wake,
-            libc::EPOLLIN as u32,
-            encode(Kind::WakeRead, NO_CONN),
-        )?;
-        let mut worker = EpollWorker {
-            io,
+        let wake = q.shared.wakers[index].eventfd().raw();
+        let token = encode(Kind::WakeRead, NO_CONN);
+        q.ctl(libc::EPOLL_CTL_ADD, wake, libc::EPOLLIN as u32, token)?;
+        let mut driver = EpollDriver {
+            q,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS],
+            ready: 0,
             signalfd,
             read_buf: vec![0; READ_CHUNK],
         };
-        worker.io.listener = Some(listener);
-        Ok(worker)
+        driver.q.listener = Some(listener);
+        Ok(driver)
+    }
+}
+
+impl Driver for EpollDriver {
+    type Queue<'q> = EpollQueue;
+
+    fn with_queue<R>(&mut self, f: impl FnOnce(&mut EpollQueue) -> R) -> R {
+        f(&mut self.q)
     }
 
-    /// Runs the engine until it is done, closes what is left, returns the report.
-    pub fn run<H: Handler>(mut self, mut engine: Engine<H>) -> io::Result<WorkerReport> {
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
-        engine.start(&mut self.io);
-        let mut ready = 0;
-        while !engine.is_done() {
-            let now = Instant::now();
-            engine.begin_turn(now, &mut self.io);
-            self.deliver_deferred(&mut engine);
-            for ev in &events[..ready] {
-                let (bits, token) = (ev.events, ev.u64);
-                self.dispatch(bits, token, &mut engine);
-            }
-            self.deliver_deferred(&mut engine);
-            engine.end_turn(&mut self.io);
-            // Writes that completed at once report back now, rather than after another
-            // epoll_wait; what they free to send goes out in the same turn.
-            for _ in 0..4 {
-                if self.io.deferred.is_empty() {
-                    break;
-                }
-                self.deliver_deferred(&mut engine);
-                engine.end_turn(&mut self.io);
-            }
-            if engine.is_done() {
-                break;
-            }
-            let timeout = if self.io.deferred.is_empty() {
-                engine.next_deadline().map_or(-1, |at| {
-                    let ms = at.saturating_duration_since(now).as_micros().div_ceil(1000);
-                    ms.min(i32::MAX as u128) as i32
-                })
-            } else {
-                0
-            };
-            ready = self.io.wait(&mut events, timeout)?;
+    fn reap(&mut self, mut handle: impl FnMut(Event<'_>, &mut EpollQueue)) {
+        let mut r = Reader {
+            q: &mut self.q,
+            read_buf: &mut self.read_buf,
+            signalfd: self.signalfd,
+        };
+        r.deliver_deferred(&mut handle);
+        for ev in &self.events[..std::mem::take(&mut self.ready)] {
+            let (bits, token) = (ev.events, ev.u64);
+            r.dispatch(bits, token, &mut handle);
         }
-        for slot in &mut self.io.slots {
+        r.deliver_deferred(&mut handle);
+    }
+
+    fn has_ready(&self) -> bool {
+        !self.q.deferred.is_empty()
+    }
+
+    fn publish(&mut self) {}
+
+    fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let timeout_ms = match timeout {
+            _ if !self.q.deferred.is_empty() => 0,
+            None => -1,
+            Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+        };
+        self.ready = self.q.wait(&mut self.events, timeout_ms)?;
+        Ok(())
+    }
+
+    fn begin_release(&mut self, _abort: bool) {
+        // Nothing is in flight: a parked send is plain memory the kernel never saw.
+        for slot in &mut self.q.slots {
             slot.parked = None;
         }
-        drop(self.io.listener.take());
-        log::info(format_args!(
-            "worker {}: backend released (epoll set closed)",
-            self.io.index
-        ));
-        Ok(WorkerReport {
-            stats: engine.stats().clone(),
-            drain: engine.drain_report(),
-        })
+        self.q.deferred.clear();
     }
 
-    /// Hands the events queued by `Ops` calls to the engine (which may queue more).
-    fn deliver_deferred<H: Handler>(&mut self, engine: &mut Engine<H>) {
-        while let Some(d) = self.io.deferred.pop_front() {
+    fn in_flight(&self) -> usize {
+        0
+    }
+}
+
+impl Drop for EpollDriver {
+    fn drop(&mut self) {
+        drop(self.q.listener.take());
+        // Descriptors the engine never closed (a worker that failed): the peers see the
+        // connection end instead of hanging.
+        self.q.fds.close_all();
+        log::info(format_args!(
+            "worker {}: backend released (epoll set closed)",
+            self.q.index
+        ));
+    }
+}
+
+/// The reading side of one reap: readiness turned into events.
+struct Reader<'a> {
+    q: &'a mut EpollQueue,
+    read_buf: &'a mut [u8],
+    signalfd: Option<RawFd>,
+}
+
+impl Reader<'_> {
+    /// Hands the events queued by intents to the engine (which may queue more).
+    fn deliver_deferred(&mut self, handle: &mut impl FnMut(Event<'_>, &mut EpollQueue)) {
+        while let Some(d) = self.q.deferred.pop_front() {
+            let q = &mut *self.q;
             match d {
-                Deferred::Sent(conn, result, buf) => {
-                    engine.handle(Event::Sent { conn, result, buf }, &mut self.io)
-                }
-                Deferred::RecvEnded(conn, why) => {
-                    engine.handle(Event::RecvEnded { conn, why }, &mut self.io)
-                }
-                Deferred::Closed(conn) => engine.handle(Event::Closed { conn }, &mut self.io),
-                Deferred::AcceptEnded(errno) => {
-                    engine.handle(Event::AcceptEnded { errno }, &mut self.io)
-                }
-                Deferred::TryRead(conn) => self.read_conn(conn, true, engine),
-                Deferred::TryAccept => self.accept_ready(engine),
+                Deferred::Sent(conn, result, buf) => handle(Event::Sent { conn, result, buf }, q),
+                Deferred::RecvEnded(conn, why) => handle(Event::RecvEnded { conn, why }, q),
+                Deferred::Closed(conn) => handle(Event::Closed { conn }, q),
+                Deferred::AcceptEnded(errno) => handle(Event::AcceptEnded { errno }, q),
+                Deferred::TryRead(conn) => self.read_conn(conn, true, handle),
+                Deferred::TryAccept => self.accept_ready(handle),
             }
         }
     }
 
-    fn dispatch<H: Handler>(&mut self, bits: u32, token: u64, engine: &mut Engine<H>) {
+    fn dispatch(
+        &mut self,
+        bits: u32,
+        token: u64,
+        handle: &mut impl FnMut(Event<'_>, &mut EpollQueue),
+    ) {
         let Some((kind, conn)) = decode(token) else {
             return;
         };
         match kind {
-            Kind::Accept => self.accept_ready(engine),
+            Kind::Accept => self.accept_ready(handle),
             Kind::Recv => {
                 if bits & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
-                    self.write_parked(conn, engine);
+                    self.write_parked(conn, handle);
                 }
                 let hup = bits & (libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
                 if hup || bits & libc::EPOLLIN as u32 != 0 {
-                    self.read_conn(conn, hup, engine);
+                    self.read_conn(conn, hup, handle);
                 }
             }
-            Kind::Signal => self.read_signals(engine),
-            Kind::WakeRead => {
-                let mut counter = 0u64;
-                let fd = self.io.shared.wakers[self.io.index].eventfd();
-                // SAFETY: reads 8 bytes into a live u64 from the worker's own eventfd.
-                let n = unsafe { libc::read(fd, (&mut counter as *mut u64).cast(), 8) };
-                if n == 8 {
-                    engine.handle(Event::Wake, &mut self.io);
-                }
-            }
+            Kind::Signal => self.read_signals(handle),
+            Kind::WakeRead => match self.q.shared.wakers[self.q.index].eventfd().take() {
+                Ok(true) => handle(Event::Wake, self.q),
+                Ok(false) => {}
+                Err(e) => log::warn(format_args!("eventfd read failed: {e}")),
+            },
             Kind::Send | Kind::Close | Kind::Cancel | Kind::Wake | Kind::MsgRing => {}
         }
     }
 
     /// Accepts until EAGAIN while the engine wants connections.
-    fn accept_ready<H: Handler>(&mut self, engine: &mut Engine<H>) {
-        while self.io.accept_armed {
-            let Some(fd) = self.io.listener.as_ref().map(AsRawFd::as_raw_fd) else {
+    fn accept_ready(&mut self, handle: &mut impl FnMut(Event<'_>, &mut EpollQueue)) {
+        while self.q.accept_armed {
+            let Some(fd) = self.q.listener.as_ref().map(AsRawFd::as_raw_fd) else {
                 return;
             };
-            // SAFETY: accept4 on the worker's listening socket; null address pointers
-            // are allowed.
-            let conn = unsafe {
-                libc::accept4(
-                    fd,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                )
-            };
-            if conn >= 0 {
-                engine.handle(Event::Accepted { fd: conn }, &mut self.io);
-                continue;
-            }
-            match errno() {
-                libc::EAGAIN => return,
-                libc::EINTR | libc::ECONNABORTED => continue,
-                e => {
-                    self.io.accept_armed = false;
-                    engine.handle(Event::AcceptEnded { errno: e }, &mut self.io);
+            match socket::accept(fd, libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) {
+                Ok(conn) => {
+                    self.q.fds.insert(conn);
+                    handle(Event::Accepted { fd: conn }, self.q);
+                }
+                Err(libc::EAGAIN) => return,
+                Err(libc::EINTR | libc::ECONNABORTED) => continue,
+                Err(errno) => {
+                    self.q.accept_armed = false;
+                    handle(Event::AcceptEnded { errno }, self.q);
                     return;
                 }
             }
@@ -279,42 +271,49 @@ impl EpollWorker {
     /// the socket is empty and the next edge announces more, unless `to_end`: the peer's
     /// FIN (or an error) may already be there with no edge to come, or no edge was seen
     /// at all; then read on until EOF or EAGAIN.
-    fn read_conn<H: Handler>(&mut self, conn: ConnRef, to_end: bool, engine: &mut Engine<H>) {
+    fn read_conn(
+        &mut self,
+        conn: ConnRef,
+        to_end: bool,
+        handle: &mut impl FnMut(Event<'_>, &mut EpollQueue),
+    ) {
         loop {
-            let Some(slot) = self.io.slot(conn).filter(|s| s.reading) else {
+            let Some(slot) = self.q.slot(conn).filter(|s| s.reading) else {
                 return;
             };
             let fd = slot.fd;
-            // SAFETY: reads into the worker's own buffer, at most its length.
-            let n =
-                unsafe { libc::read(fd, self.read_buf.as_mut_ptr().cast(), self.read_buf.len()) };
-            if n > 0 {
-                let n = n as usize;
-                let queued = n == self.read_buf.len();
-                let data = &self.read_buf[..n];
-                engine.handle(Event::Received { conn, data, queued }, &mut self.io);
-                if !queued && !to_end {
-                    return; // a short read emptied the socket; the next edge says more
+            let buf = &mut *self.read_buf;
+            // SAFETY: reads into the driver's own buffer, at most its length.
+            let n = unsafe { syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len())) };
+            let why = match n {
+                Ok(0) => RecvEnd::Eof,
+                Ok(n) => {
+                    let n = n as usize;
+                    let queued = n == buf.len();
+                    let data = &buf[..n];
+                    handle(Event::Received { conn, data, queued }, self.q);
+                    if !queued && !to_end {
+                        return; // a short read emptied the socket; the next edge says more
+                    }
+                    continue;
                 }
-                continue;
-            }
-            let why = match (n, errno()) {
-                (0, _) => RecvEnd::Eof,
-                (_, libc::EAGAIN) => return,
-                (_, libc::EINTR) => continue,
-                (_, e) => RecvEnd::Error(e),
+                Err(e) => match e.raw_os_error().unwrap_or(libc::EIO) {
+                    libc::EAGAIN => return,
+                    libc::EINTR => continue,
+                    errno => RecvEnd::Error(errno),
+                },
             };
-            if let Some(slot) = self.io.slot_mut(conn) {
+            if let Some(slot) = self.q.slot_mut(conn) {
                 slot.reading = false;
             }
-            engine.handle(Event::RecvEnded { conn, why }, &mut self.io);
+            handle(Event::RecvEnded { conn, why }, self.q);
             return;
         }
     }
 
     /// Writes a parked send now that the socket may have room.
-    fn write_parked<H: Handler>(&mut self, conn: ConnRef, engine: &mut Engine<H>) {
-        let Some(slot) = self.io.slot_mut(conn) else {
+    fn write_parked(&mut self, conn: ConnRef, handle: &mut impl FnMut(Event<'_>, &mut EpollQueue)) {
+        let Some(slot) = self.q.slot_mut(conn) else {
             return;
         };
         let fd = slot.fd;
@@ -323,81 +322,80 @@ impl EpollWorker {
         };
         match write_some(fd, &buf) {
             Err(libc::EAGAIN) => {
-                if let Some(slot) = self.io.slot_mut(conn) {
+                if let Some(slot) = self.q.slot_mut(conn) {
                     slot.parked = Some(buf);
                 }
             }
-            result => engine.handle(Event::Sent { conn, result, buf }, &mut self.io),
+            result => handle(Event::Sent { conn, result, buf }, self.q),
         }
     }
 
-    fn read_signals<H: Handler>(&mut self, engine: &mut Engine<H>) {
+    fn read_signals(&mut self, handle: &mut impl FnMut(Event<'_>, &mut EpollQueue)) {
         let Some(fd) = self.signalfd else {
             return;
         };
         let mut record = [0u8; SIGINFO_SIZE];
         loop {
             // SAFETY: reads one siginfo record into a buffer of exactly that size.
-            let n = unsafe { libc::read(fd, record.as_mut_ptr().cast(), SIGINFO_SIZE) };
-            if n != SIGINFO_SIZE as isize {
-                return; // EAGAIN: another worker took it, or none left
+            let n = unsafe { syscall!(read(fd, record.as_mut_ptr().cast(), SIGINFO_SIZE)) };
+            match n {
+                Ok(n) if n as usize == SIGINFO_SIZE => {
+                    handle(
+                        Event::Signal {
+                            signo: signo(&record),
+                        },
+                        self.q,
+                    );
+                }
+                // EAGAIN: another worker took it, or none is left.
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Ok(n) => {
+                    log::warn(format_args!("short signalfd read ({n} bytes)"));
+                    return;
+                }
+                Err(e) => {
+                    log::warn(format_args!("signalfd read failed: {e}"));
+                    return;
+                }
             }
-            engine.handle(
-                Event::Signal {
-                    signo: signo(&record),
-                },
-                &mut self.io,
-            );
         }
     }
 }
 
-/// One `write` of what is left in `buf`: the byte count, or the errno.
+/// One `send` of what is left in `buf`: the byte count, or the errno.
 fn write_some(fd: RawFd, buf: &OutBuf) -> Result<usize, i32> {
     let bytes = buf.remaining();
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
     loop {
         // SAFETY: sends from a live buffer of the given length; MSG_NOSIGNAL turns a
         // closed peer into EPIPE instead of a signal.
-        let n = unsafe {
-            libc::send(
-                fd,
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        match errno() {
-            libc::EINTR => continue,
-            e => return Err(e),
+        match unsafe { syscall!(send(fd, bytes.as_ptr().cast(), bytes.len(), flags)) } {
+            Ok(n) => return Ok(n as usize),
+            Err(e) => match e.raw_os_error().unwrap_or(libc::EIO) {
+                libc::EINTR => continue,
+                errno => return Err(errno),
+            },
         }
     }
 }
 
-impl Io {
+impl EpollQueue {
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
         let mut ev = libc::epoll_event { events, u64: token };
         // SAFETY: a valid epoll descriptor, a descriptor this worker owns, and a live
         // event struct the kernel copies.
-        check(unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut ev) }).map(drop)
+        unsafe { syscall!(epoll_ctl(self.epfd.as_raw_fd(), op, fd, &mut ev)) }.map(drop)
     }
 
     fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
-        // SAFETY: the kernel writes at most `events.len()` entries into the slice.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.epfd.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as i32,
-                timeout_ms,
-            )
-        };
+        let (epfd, len) = (self.epfd.as_raw_fd(), events.len() as i32);
+        // SAFETY: the kernel writes at most `len` entries into the slice.
+        let n = unsafe { syscall!(epoll_wait(epfd, events.as_mut_ptr(), len, timeout_ms)) };
         match n {
-            n if n >= 0 => Ok(n as usize),
-            _ if errno() == libc::EINTR => Ok(0),
-            _ => Err(io::Error::last_os_error()),
+            Ok(n) => Ok(n as usize),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(0),
+            Err(e) => Err(e),
         }
     }
 
@@ -414,7 +412,7 @@ impl Io {
     }
 }
 
-impl Ops for Io {
+impl Intents for EpollQueue {
     fn accept(&mut self) {
         self.accept_armed = true;
         self.deferred.push_back(Deferred::TryAccept);
@@ -480,11 +478,11 @@ impl Ops for Io {
         }
     }
 
-    fn shutdown_write(&mut self, _conn: ConnRef, fd: RawFd) {
+    fn shutdown_write_now(&mut self, _conn: ConnRef, fd: RawFd) {
         socket::shutdown(fd, libc::SHUT_WR);
     }
 
-    fn shutdown_both(&mut self, conn: ConnRef, fd: RawFd) {
+    fn shutdown_both_now(&mut self, conn: ConnRef, fd: RawFd) {
         socket::shutdown(fd, libc::SHUT_RDWR);
         // The socket now reads EOF; no new edge may announce it.
         self.deferred.push_back(Deferred::TryRead(conn));
@@ -495,17 +493,18 @@ impl Ops for Io {
             slot.fd = -1;
             slot.reading = false;
         }
+        self.fds.remove(fd);
         // SAFETY: the engine closes a descriptor once, after every operation on it ended;
         // closing removes it from the epoll set.
-        unsafe {
-            libc::close(fd);
+        if let Err(e) = unsafe { syscall!(close(fd)) } {
+            log::warn(format_args!("close({fd}): {e}"));
         }
         self.deferred.push_back(Deferred::Closed(conn));
     }
 
     fn cancel_accept(&mut self) {
         if let Some(listener) = self.listener.as_ref() {
-            socket::refuse_new_handshakes(listener.as_raw_fd());
+            socket::refuse_new_handshakes(listener);
         }
         if self.accept_armed {
             self.accept_armed = false;
@@ -514,11 +513,14 @@ impl Ops for Io {
         }
     }
 
-    fn close_listener(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32> {
+    fn close_listener_now(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32> {
         let listener = self.listener.take()?;
-        socket::refuse_new_handshakes(listener.as_raw_fd());
+        socket::refuse_new_handshakes(&listener);
         let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
-        let stopped = socket::accept_all(listener.as_raw_fd(), flags, backlog);
+        let stopped = socket::accept_all(&listener, flags, backlog);
+        for &fd in backlog.iter() {
+            self.fds.insert(fd);
+        }
         drop(listener);
         stopped
     }

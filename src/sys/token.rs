@@ -10,7 +10,7 @@
 //! The engine compares the generation with the slot's current one, so a completion for
 //! a connection that was closed (and whose slot was reused) is recognised and ignored.
 
-use crate::sys::{ConnRef, GEN_MASK};
+use crate::contract::{ConnRef, GEN_MASK};
 
 /// The kind of operation a `user_data` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

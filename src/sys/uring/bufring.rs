@@ -4,9 +4,10 @@
 //! Two anonymous mappings: the ring of entries (`io_uring_buf`, 16 bytes each,
 //! page-aligned, shared with the kernel) and the buffers themselves (`count * size`
 //! bytes). Both are raw memory, never behind a Rust reference the kernel could write
-//! under. A buffer belongs to the kernel from the moment its entry is
-//! published until a completion names its id; the engine reads it during that one
-//! `handle` call and the backend hands it straight back with [`BufRing::recycle`].
+//! under. A buffer belongs to the kernel from the moment its entry is published until a
+//! completion names its id; the engine reads it during that one event and the driver
+//! hands it straight back with [`BufRing::recycle`]. The mappings are freed only after
+//! the ring that used them is gone with every completion reaped (the driver's `Drop`).
 //! Recycled entries become visible to the kernel at the next [`BufRing::publish`], a
 //! single release store of the tail, done once per loop turn before submitting.
 
@@ -15,6 +16,8 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::types::BufRingEntry;
+
+use crate::sys::syscall::syscall;
 
 /// A provided buffer ring and its buffers.
 pub(crate) struct BufRing {
@@ -80,16 +83,20 @@ impl BufRing {
         self.count
     }
 
-    /// The first `len` bytes of buffer `bid`, as the kernel filled them.
+    /// The first `len` bytes of buffer `bid`, as the kernel filled them (clamped to the
+    /// buffer size).
     ///
-    /// Only valid for a buffer the kernel handed out (a completion named `bid`) and not yet
-    /// recycled: then the kernel is done writing it and will not touch it again until it
-    /// is published anew.
-    pub fn get(&self, bid: u16, len: usize) -> &[u8] {
+    /// # Safety
+    ///
+    /// `bid` must name a buffer the kernel handed out (a reaped completion named it) and
+    /// that has not been recycled since, and the slice must be dropped before `bid` is
+    /// recycled: only then is the kernel done writing it and kept from writing it again
+    /// while the slice lives (it writes a buffer only after it is published anew).
+    pub unsafe fn get(&self, bid: u16, len: usize) -> &[u8] {
         let bid = (bid & (self.count - 1)) as usize;
         let len = len.min(self.size as usize);
         // SAFETY: `bid` < count and `len` <= size, so the range lies inside the buffer
-        // mapping; per the contract above nothing writes to it while the slice lives.
+        // mapping; per the caller's promise nothing writes to it while the slice lives.
         unsafe { std::slice::from_raw_parts(self.bufs.as_ptr().add(bid * self.size as usize), len) }
     }
 
@@ -125,8 +132,9 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // The owner unregisters the ring, or drops the io_uring, before dropping this, so
-        // the kernel no longer reads the entries or writes the buffers.
+        // The driver drops this only after its io_uring is gone with no operation in
+        // flight (or never registered it), so the kernel no longer reads the entries or
+        // writes the buffers.
         unmap(self.entries.cast(), self.ring_bytes);
         unmap(self.bufs, self.bufs_bytes);
     }
@@ -154,8 +162,38 @@ fn map(len: usize) -> io::Result<NonNull<u8>> {
 
 fn unmap(addr: NonNull<u8>, len: usize) {
     // SAFETY: callers pass a mapping made by `map` with the same length, unmapped once.
-    unsafe {
-        libc::munmap(addr.as_ptr().cast(), len);
+    if let Err(e) = unsafe { syscall!(munmap(addr.as_ptr().cast(), len)) } {
+        crate::log::warn(format_args!("munmap of a buffer ring: {e}"));
+    }
+}
+
+/// A buffer ring no kernel knows (never registered), for the criterion benches: the
+/// user-space half of consuming and recycling a buffer.
+#[cfg(feature = "sim")]
+pub(crate) struct UnregisteredBufRing(BufRing);
+
+#[cfg(feature = "sim")]
+impl UnregisteredBufRing {
+    /// A ring of `count` (a power of two) buffers of `size` bytes.
+    pub fn new(count: u16, size: u32) -> io::Result<UnregisteredBufRing> {
+        BufRing::new(count, size, 0).map(UnregisteredBufRing)
+    }
+
+    /// Reads buffer `bid` as a completion of `len` bytes would, and puts it back.
+    pub fn consume_and_recycle(&mut self, bid: u16, len: usize) -> u8 {
+        // SAFETY: the ring was never registered, so no kernel writes its buffers; the
+        // slice is dropped before the buffer is recycled.
+        let first = unsafe { self.0.get(bid, len) }
+            .first()
+            .copied()
+            .unwrap_or(0);
+        self.0.recycle(bid);
+        first
+    }
+
+    /// Publishes the tail.
+    pub fn publish(&mut self) {
+        self.0.publish();
     }
 }
 
@@ -166,15 +204,10 @@ mod tests {
     #[test]
     fn buffers_are_disjoint_and_recycled_in_ring_order() {
         let mut ring = BufRing::new(8, 128, 0).unwrap();
-        assert_eq!(
-            ring.get(1, 128).as_ptr() as usize - ring.get(0, 128).as_ptr() as usize,
-            128
-        );
-        assert_eq!(
-            ring.get(7, 500).len(),
-            128,
-            "reads are clamped to the buffer size"
-        );
+        // SAFETY: the ring is registered with no kernel: nothing writes its buffers.
+        let (b0, b1, b7) = unsafe { (ring.get(0, 128), ring.get(1, 128), ring.get(7, 500)) };
+        assert_eq!(b1.as_ptr() as usize - b0.as_ptr() as usize, 128);
+        assert_eq!(b7.len(), 128, "reads are clamped to the buffer size");
         ring.recycle(3);
         ring.publish();
         // SAFETY: test-only read of the published tail through the same address.

@@ -1,81 +1,86 @@
 //! The io_uring backend: one ring per worker, completions decoded into engine events.
 //!
-//! A loop turn is: read the clock, reap every completion (handing each to the engine,
-//! and each receive buffer straight back to the buffer ring), let the engine flush its
-//! coalesced output, publish the recycled buffers, then one `io_uring_enter` that submits
-//! the whole batch and waits for the next completion (or the engine's next deadline).
+//! The worker loop ([`crate::worker`]) drives it through [`Driver`]: the engine's intents
+//! become SQEs in the turn's batch ([`UringQueue`]), [`Driver::reap`] decodes every
+//! completion (lending each receive buffer to the engine for one call and recycling it
+//! right after), [`Driver::publish`] hands the recycled buffers back, and one
+//! `io_uring_enter` submits the batch and waits.
 //!
-//! Besides the engine's operations, the backend keeps two reads of its own in flight: on
+//! Besides the engine's operations, the driver keeps two reads of its own in flight: on
 //! the shutdown signalfd (so SIGTERM arrives as a completion) and on the worker's eventfd
 //! (so the shutdown handle can wake it). Other workers wake it with IORING_OP_MSG_RING.
-//! When the engine is done, the backend cancels those reads, reaps every completion
-//! still owed, unregisters the buffer ring, and only then drops the ring.
+//!
+//! Memory the kernel may write or read (the buffer ring, parked send buffers, the two
+//! read buffers) is freed only once every operation's last completion was reaped. The
+//! worker's release phase gets there; if the driver is dropped with operations still
+//! in flight (the kernel stopped answering within the release's time limit), that
+//! memory is leaked on purpose rather than freed under the kernel.
 
 mod bufring;
-mod ops;
+mod queue;
 mod setup;
 
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use io_uring::types::{Fd, SubmitArgs, Timespec};
-use io_uring::{CompletionQueue, IoUring, Submitter, cqueue, opcode};
+use io_uring::types::{SubmitArgs, Timespec};
+use io_uring::{IoUring, cqueue};
 use socket2::Socket;
 
 use crate::config::Config;
-use crate::engine::Engine;
-use crate::handler::Handler;
+use crate::contract::{ConnRef, Driver, Event, RecvEnd};
 use crate::log;
 use crate::shared::Shared;
-use crate::signal::{SIGINFO_SIZE, signo};
-use crate::stats::WorkerReport;
-use crate::sys::{ConnRef, Event, OutBuf, RecvEnd};
+use crate::sys::fds::OpenFds;
+use crate::sys::signal::{SIGINFO_SIZE, signo};
+use crate::sys::token::{Kind, NO_CONN, decode, encode};
 
-pub(crate) use crate::sys::token::{Kind, NO_CONN, decode, encode};
 pub(crate) use bufring::BufRing;
-pub(crate) use setup::{Features, build_ring};
+#[cfg(feature = "sim")]
+pub(crate) use bufring::UnregisteredBufRing;
+pub(crate) use queue::UringQueue;
+pub(crate) use setup::build_ring;
 
-use ops::SqOps;
+use queue::{SubmitState, take_parked};
 
 /// The buffer group id of every worker's receive buffer ring (one ring per io_uring).
 const BGID: u16 = 0;
 
 /// One worker's io_uring backend: its ring, its receive buffers, its listener.
-pub(crate) struct UringWorker {
-    // Field order matters on drop: the ring goes first, so the kernel is done with the
-    // buffer ring, the read buffers and the send buffers before their memory is freed.
-    ring: IoUring,
-    bufring: BufRing,
-    sends: Vec<Option<(u32, OutBuf)>>,
-    signal_buf: Box<[u8; SIGINFO_SIZE]>,
-    wake_buf: Box<u64>,
-    listener: Option<Socket>,
+pub(crate) struct UringDriver {
+    /// Dropped by hand, before the memory below, in `Drop`.
+    ring: ManuallyDrop<IoUring>,
+    /// Registered with the ring: freed only after the ring, and only when no operation
+    /// is in flight.
+    bufring: ManuallyDrop<BufRing>,
+    /// The signalfd read's buffer (same rule).
+    signal_buf: ManuallyDrop<Box<[u8; SIGINFO_SIZE]>>,
+    /// The eventfd read's buffer (same rule).
+    wake_buf: ManuallyDrop<Box<u64>>,
+    st: SubmitState,
     signalfd: Option<RawFd>,
-    shared: Arc<Shared>,
-    index: usize,
-    features: Features,
-    inflight: usize,
-    multishot_accept: bool,
-    multishot_recv: bool,
-    buf_size: u32,
+    wake_fd: RawFd,
+    releasing: bool,
 }
 
-impl UringWorker {
-    /// Sets up the ring and registers the buffer ring. Call on the worker's own thread:
-    /// a SINGLE_ISSUER ring belongs to the thread that made it.
+impl UringDriver {
+    /// Sets up the ring, registers the buffer ring and queues the driver's own reads.
+    /// Call on the worker's own thread: a SINGLE_ISSUER ring belongs to the thread that
+    /// made it.
     pub fn new(
         listener: Socket,
         signalfd: Option<RawFd>,
         shared: Arc<Shared>,
         index: usize,
         config: &Config,
-    ) -> io::Result<UringWorker> {
+    ) -> io::Result<UringDriver> {
         let (ring, features) = build_ring(config.ring_entries)?;
         let bufring = BufRing::new(config.buffer_count, config.buffer_size, BGID)?;
-        // SAFETY: the entry array lives in `bufring`, which the worker owns and drops only
-        // after the ring (field order above), so it stays valid while registered.
+        // SAFETY: the entry array lives in `bufring`, which the driver frees only after
+        // the ring is gone and no operation is in flight (see `Drop`).
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 bufring.ring_addr(),
@@ -84,343 +89,302 @@ impl UringWorker {
                 0,
             )?;
         }
+        let wake_fd = shared.wakers[index].eventfd().raw();
         shared.wakers[index].set_ring_fd(ring.as_raw_fd());
-        Ok(UringWorker {
-            ring,
-            bufring,
-            sends: Vec::new(),
-            signal_buf: Box::new([0; SIGINFO_SIZE]),
-            wake_buf: Box::new(0),
-            listener: Some(listener),
+        let mut driver = UringDriver {
+            ring: ManuallyDrop::new(ring),
+            bufring: ManuallyDrop::new(bufring),
+            signal_buf: ManuallyDrop::new(Box::new([0; SIGINFO_SIZE])),
+            wake_buf: ManuallyDrop::new(Box::new(0)),
+            st: SubmitState {
+                sends: Vec::new(),
+                listener: Some(listener),
+                fds: OpenFds::default(),
+                inflight: 0,
+                shared,
+                index,
+                buf_size: config.buffer_size,
+                msg_ring: features.msg_ring,
+                multishot_accept: true,
+                multishot_recv: true,
+                submitted_early: false,
+            },
             signalfd,
-            shared,
-            index,
-            features,
-            inflight: 0,
-            multishot_accept: true,
-            multishot_recv: true,
-            buf_size: config.buffer_size,
-        })
+            wake_fd,
+            releasing: false,
+        };
+        driver.arm_own_reads(true, true);
+        Ok(driver)
     }
 
-    /// Runs the engine until it is done, releases everything, and returns the worker's
-    /// report.
-    pub fn run<H: Handler>(mut self, mut engine: Engine<H>) -> io::Result<WorkerReport> {
-        let served = self.drive(&mut engine, Mode::Serve);
-        self.shared.wakers[self.index].set_ring_fd(-1);
-        let released = self.drive(&mut engine, Mode::Release);
-        served.and(released)?;
-        self.ring.submitter().unregister_buf_ring(BGID)?;
-        drop(self.listener.take());
+    /// Queues the signalfd read and the eventfd read (those asked for), unless the
+    /// driver is releasing.
+    fn arm_own_reads(&mut self, signal: bool, wake: bool) {
+        if self.releasing {
+            return;
+        }
+        let (submitter, sq, _) = self.ring.split();
+        let mut q = UringQueue {
+            submitter,
+            sq,
+            st: &mut self.st,
+        };
+        if let (Some(fd), true) = (self.signalfd, signal) {
+            let buf = self.signal_buf.as_mut_ptr();
+            // SAFETY: the buffer is a box the driver owns; it is freed only after the
+            // ring is gone with no operation in flight (`Drop`), so it outlives the
+            // read until its completion is reaped, and nothing else touches it until
+            // then (the completion's handler reads it after the kernel is done).
+            unsafe { q.read(fd, buf, SIGINFO_SIZE as u32, Kind::Signal) };
+        }
+        if wake {
+            let buf = (&mut **self.wake_buf as *mut u64).cast::<u8>();
+            // SAFETY: as for the signal buffer: a box the driver frees only after the
+            // last completion was reaped.
+            unsafe { q.read(self.wake_fd, buf, 8, Kind::WakeRead) };
+        }
+    }
+}
+
+impl Driver for UringDriver {
+    type Queue<'q> = UringQueue<'q>;
+
+    fn with_queue<R>(&mut self, f: impl FnOnce(&mut UringQueue<'_>) -> R) -> R {
+        let (submitter, sq, _) = self.ring.split();
+        let mut q = UringQueue {
+            submitter,
+            sq,
+            st: &mut self.st,
+        };
+        f(&mut q)
+    }
+
+    fn reap(&mut self, mut handle: impl FnMut(Event<'_>, &mut UringQueue<'_>)) {
+        let (mut rearm_signal, mut rearm_wake) = (false, false);
+        {
+            let (submitter, sq, cq) = self.ring.split();
+            let mut q = UringQueue {
+                submitter,
+                sq,
+                st: &mut self.st,
+            };
+            let mut reaper = Reaper {
+                bufring: &mut self.bufring,
+                signal_buf: &self.signal_buf,
+                rearm_signal: &mut rearm_signal,
+                rearm_wake: &mut rearm_wake,
+            };
+            for cqe in cq {
+                let (user_data, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
+                let Some((kind, conn)) = decode(user_data) else {
+                    log::warn(format_args!(
+                        "completion with unknown user_data {user_data:#x}"
+                    ));
+                    continue;
+                };
+                if !cqueue::more(flags) && !matches!(kind, Kind::Wake | Kind::MsgRing) {
+                    q.st.inflight -= 1;
+                }
+                reaper.dispatch(kind, conn, res, flags, &mut q, &mut handle);
+            }
+        }
+        self.arm_own_reads(rearm_signal, rearm_wake);
+    }
+
+    fn has_ready(&self) -> bool {
+        false
+    }
+
+    fn publish(&mut self) {
+        self.bufring.publish();
+    }
+
+    fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.st.submitted_early = false;
+        let submitter = self.ring.submitter();
+        let result = match timeout {
+            None => submitter.submit_and_wait(1),
+            Some(after) => {
+                let ts = Timespec::from(after);
+                let args = SubmitArgs::new().timespec(&ts);
+                submitter.submit_with_args(1, &args)
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
+                _ => Err(e),
+            },
+        }
+    }
+
+    fn begin_release(&mut self, abort: bool) {
+        self.releasing = true;
+        self.st.shared.wakers[self.st.index].set_ring_fd(-1);
+        self.with_queue(|q| {
+            if abort {
+                q.cancel_everything();
+            } else {
+                q.cancel(encode(Kind::Signal, NO_CONN));
+                q.cancel(encode(Kind::WakeRead, NO_CONN));
+            }
+        });
+    }
+
+    fn in_flight(&self) -> usize {
+        self.st.inflight
+    }
+}
+
+impl UringDriver {
+    /// Cancels every operation and reaps until none is in flight, for at most `limit`:
+    /// what the worker's release does, for a driver dropped without one (a panic
+    /// unwinding through the loop, a factory that panicked). Completions are dropped.
+    fn settle(&mut self, limit: Duration) {
+        let started = std::time::Instant::now();
+        self.begin_release(true);
+        while self.st.inflight > 0 && started.elapsed() < limit {
+            if self
+                .submit_and_wait(Some(Duration::from_millis(50)))
+                .is_err()
+            {
+                std::thread::sleep(Duration::from_millis(10)); // no spinning on errors
+            }
+            self.reap(|_, _| {});
+        }
+    }
+}
+
+impl Drop for UringDriver {
+    fn drop(&mut self) {
+        self.st.shared.wakers[self.st.index].set_ring_fd(-1);
+        if self.st.inflight > 0 {
+            self.settle(Duration::from_secs(2));
+        }
+        let settled = self.st.inflight == 0;
+        if settled && let Err(e) = self.ring.submitter().unregister_buf_ring(BGID) {
+            log::warn(format_args!("unregistering the buffer ring: {e}"));
+        }
+        // SAFETY: dropped once, here, and never used after: closing the ring fd ends
+        // every registration.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
+        if settled {
+            // SAFETY: no operation is in flight and the ring is gone, so the kernel no
+            // longer reads the buffer ring or writes the buffers; each is dropped once.
+            unsafe {
+                ManuallyDrop::drop(&mut self.bufring);
+                ManuallyDrop::drop(&mut self.signal_buf);
+                ManuallyDrop::drop(&mut self.wake_buf);
+            }
+        } else {
+            // Operations were still in flight when the release gave up: the kernel may
+            // still write into these buffers or read the parked sends. Leak them.
+            log::warn(format_args!(
+                "worker {}: {} io_uring operations never completed; leaking their buffers",
+                self.st.index, self.st.inflight
+            ));
+            std::mem::forget(std::mem::take(&mut self.st.sends));
+        }
+        // Descriptors the engine never closed (a worker that failed): the peers see the
+        // connection end instead of hanging.
+        self.st.fds.close_all();
         log::info(format_args!(
             "worker {}: backend released (ring dropped)",
-            self.index
+            self.st.index
         ));
-        Ok(WorkerReport {
-            stats: engine.stats().clone(),
-            drain: engine.drain_report(),
-        })
-    }
-
-    /// The loop. `Serve`: arm the backend's reads, start the engine, turn until the
-    /// engine is done. `Release`: cancel the backend's reads and reap every completion
-    /// still owed, so the ring is never dropped with an operation in flight.
-    fn drive<H: Handler>(&mut self, engine: &mut Engine<H>, mode: Mode) -> io::Result<()> {
-        let (mut submitter, mut sq, mut cq) = self.ring.split();
-        // The ring's own fd, registered: each io_uring_enter skips the fd lookup. Best
-        // effort (Linux 5.18); the release loop runs without it.
-        let registered = mode == Mode::Serve && submitter.register_ring_fd().is_ok();
-        let mut own = OwnReads {
-            signal_fd: self.signalfd,
-            signal_buf: &mut self.signal_buf,
-            wake_fd: self.shared.wakers[self.index].eventfd(),
-            wake_buf: &mut self.wake_buf,
-            releasing: mode == Mode::Release,
-        };
-        let mut io = Io {
-            bufring: &mut self.bufring,
-            multishot_accept: self.multishot_accept,
-            multishot_recv: self.multishot_recv,
-        };
-        let started = Instant::now();
-        let mut warned = false;
-        let mut first = true;
-        loop {
-            let now = Instant::now();
-            let mut ops = SqOps {
-                submitter: &submitter,
-                sq: &mut sq,
-                sends: &mut self.sends,
-                listener: &mut self.listener,
-                inflight: &mut self.inflight,
-                shared: &self.shared,
-                index: self.index,
-                bgid: BGID,
-                buf_size: self.buf_size,
-                msg_ring: self.features.msg_ring,
-                multishot_accept: io.multishot_accept,
-                multishot_recv: io.multishot_recv,
-                submitted_early: false,
-            };
-            match (mode, first) {
-                (Mode::Serve, true) => {
-                    own.arm_signal(&mut ops);
-                    own.arm_wake(&mut ops);
-                    engine.start(&mut ops);
-                }
-                (Mode::Release, true) => {
-                    for kind in [Kind::Signal, Kind::WakeRead] {
-                        let entry = opcode::AsyncCancel::new(encode(kind, NO_CONN)).build();
-                        ops.push(entry.user_data(encode(Kind::Cancel, NO_CONN)));
-                    }
-                }
-                (Mode::Serve, false) => {
-                    engine.begin_turn(now, &mut ops);
-                    io.reap(&mut cq, engine, &mut own, &mut ops);
-                    engine.end_turn(&mut ops);
-                }
-                (Mode::Release, false) => {
-                    io.reap(&mut cq, engine, &mut own, &mut ops);
-                    if !warned && started.elapsed() > Duration::from_secs(1) {
-                        warned = true;
-                        log::warn(format_args!(
-                            "worker {}: {} operations still in flight at release",
-                            self.index, self.inflight
-                        ));
-                    }
-                }
-            }
-            first = false;
-            io.bufring.publish();
-            let finished = match mode {
-                Mode::Serve => engine.is_done(),
-                Mode::Release => self.inflight == 0,
-            };
-            if finished {
-                break;
-            }
-            sq.sync();
-            let deadline = match mode {
-                Mode::Serve => engine.next_deadline(),
-                Mode::Release => Some(now + Duration::from_millis(100)),
-            };
-            wait(&submitter, deadline, now)?;
-            cq.sync();
-        }
-        self.multishot_accept = io.multishot_accept;
-        self.multishot_recv = io.multishot_recv;
-        if registered {
-            let _ = submitter.unregister_ring_fd();
-        }
-        Ok(())
     }
 }
 
-/// What a run of the loop is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Serve,
-    Release,
-}
-
-/// Blocks in the kernel until a completion arrives or `deadline` passes, submitting the
-/// turn's batch on the way in.
-fn wait(submitter: &Submitter<'_>, deadline: Option<Instant>, now: Instant) -> io::Result<()> {
-    let result = match deadline {
-        None => submitter.submit_and_wait(1),
-        Some(at) => {
-            let ts = Timespec::from(at.saturating_duration_since(now));
-            let args = SubmitArgs::new().timespec(&ts);
-            submitter.submit_with_args(1, &args)
-        }
-    };
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) => match e.raw_os_error() {
-            Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
-            _ => Err(e),
-        },
-    }
-}
-
-/// The backend's own reads: the shutdown signalfd and the worker's eventfd.
-struct OwnReads<'a> {
-    signal_fd: Option<RawFd>,
-    signal_buf: &'a mut [u8; SIGINFO_SIZE],
-    wake_fd: RawFd,
-    wake_buf: &'a mut u64,
-    releasing: bool,
-}
-
-impl OwnReads<'_> {
-    fn arm_signal(&mut self, ops: &mut SqOps<'_, '_>) {
-        if let (Some(fd), false) = (self.signal_fd, self.releasing) {
-            let entry =
-                opcode::Read::new(Fd(fd), self.signal_buf.as_mut_ptr(), SIGINFO_SIZE as u32)
-                    .build();
-            ops.push(entry.user_data(encode(Kind::Signal, NO_CONN)));
-        }
-    }
-
-    fn arm_wake(&mut self, ops: &mut SqOps<'_, '_>) {
-        if !self.releasing {
-            let ptr = (self.wake_buf as *mut u64).cast::<u8>();
-            let entry = opcode::Read::new(Fd(self.wake_fd), ptr, 8).build();
-            ops.push(entry.user_data(encode(Kind::WakeRead, NO_CONN)));
-        }
-    }
-}
-
-/// Turns completions into engine events.
-struct Io<'a> {
+/// Turns completions into engine events (the receive-buffer side of one reap).
+struct Reaper<'a> {
     bufring: &'a mut BufRing,
-    multishot_accept: bool,
-    multishot_recv: bool,
+    signal_buf: &'a [u8; SIGINFO_SIZE],
+    rearm_signal: &'a mut bool,
+    rearm_wake: &'a mut bool,
 }
 
-impl Io<'_> {
-    fn reap<H: Handler>(
-        &mut self,
-        cq: &mut CompletionQueue<'_>,
-        engine: &mut Engine<H>,
-        own: &mut OwnReads<'_>,
-        ops: &mut SqOps<'_, '_>,
-    ) {
-        for cqe in cq {
-            let (user_data, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
-            let Some((kind, conn)) = decode(user_data) else {
-                log::warn(format_args!(
-                    "completion with unknown user_data {user_data:#x}"
-                ));
-                continue;
-            };
-            if !cqueue::more(flags) && !matches!(kind, Kind::Wake | Kind::MsgRing) {
-                *ops.inflight -= 1;
-            }
-            self.dispatch(kind, conn, res, flags, engine, own, ops);
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn dispatch<H: Handler>(
+impl Reaper<'_> {
+    fn dispatch(
         &mut self,
         kind: Kind,
         conn: ConnRef,
         res: i32,
         flags: u32,
-        engine: &mut Engine<H>,
-        own: &mut OwnReads<'_>,
-        ops: &mut SqOps<'_, '_>,
+        q: &mut UringQueue<'_>,
+        handle: &mut impl FnMut(Event<'_>, &mut UringQueue<'_>),
     ) {
         match kind {
-            Kind::Accept => self.on_accept(res, cqueue::more(flags), engine, ops),
-            Kind::Recv => self.on_recv(conn, res, flags, engine, ops),
+            Kind::Accept => on_accept(res, cqueue::more(flags), q, handle),
+            Kind::Recv => self.on_recv(conn, res, flags, q, handle),
             Kind::Send => {
-                let parked = ops.sends.get_mut(conn.key as usize).and_then(Option::take);
-                let Some((generation, buf)) = parked else {
+                let (result, buf, found) = take_parked(&mut q.st.sends, conn, res);
+                if !found {
                     log::warn(format_args!(
-                        "send completion without a parked buffer (key {})",
+                        "send completion without its parked buffer (key {}); closing it",
                         conn.key
                     ));
-                    return;
-                };
-                debug_assert_eq!(generation, conn.generation);
-                let result = if res >= 0 {
-                    Ok(res as usize)
-                } else {
-                    Err(-res)
-                };
-                engine.handle(Event::Sent { conn, result, buf }, ops);
+                }
+                handle(Event::Sent { conn, result, buf }, q);
             }
-            Kind::Close => engine.handle(Event::Closed { conn }, ops),
+            Kind::Close => handle(Event::Closed { conn }, q),
             Kind::Cancel => {}
             Kind::Signal => {
                 if res == SIGINFO_SIZE as i32 {
-                    engine.handle(
-                        Event::Signal {
-                            signo: signo(own.signal_buf),
-                        },
-                        ops,
-                    );
-                } else if res < 0 && !matches!(-res, libc::EAGAIN | libc::EINTR | libc::ECANCELED) {
-                    log::warn(format_args!(
-                        "signalfd read failed: {}",
-                        io::Error::from_raw_os_error(-res)
-                    ));
+                    let signo = signo(self.signal_buf);
+                    handle(Event::Signal { signo }, q);
+                } else if res < 0 && !matches!(-res, libc::EAGAIN | libc::EINTR) {
+                    if -res != libc::ECANCELED {
+                        log::warn(format_args!(
+                            "signalfd read failed: {}",
+                            io::Error::from_raw_os_error(-res)
+                        ));
+                    }
                     return;
                 }
-                own.arm_signal(ops);
+                *self.rearm_signal = true;
             }
             Kind::WakeRead => {
                 if res >= 0 {
-                    engine.handle(Event::Wake, ops);
+                    handle(Event::Wake, q);
                 }
                 if res >= 0 || matches!(-res, libc::EAGAIN | libc::EINTR) {
-                    own.arm_wake(ops);
+                    *self.rearm_wake = true;
                 }
             }
-            Kind::Wake => engine.handle(Event::Wake, ops),
+            Kind::Wake => handle(Event::Wake, q),
             Kind::MsgRing => {
                 // A wake-up to another ring failed (that ring is gone, or busy): use its
                 // eventfd instead.
-                if let Some(waker) = ops.shared.wakers.get(conn.key as usize) {
+                if let Some(waker) = q.st.shared.wakers.get(conn.key as usize) {
                     waker.wake();
                 }
             }
         }
     }
 
-    fn on_accept<H: Handler>(
-        &mut self,
-        res: i32,
-        more: bool,
-        engine: &mut Engine<H>,
-        ops: &mut SqOps<'_, '_>,
-    ) {
-        if res >= 0 {
-            engine.handle(Event::Accepted { fd: res as RawFd }, ops);
-            if !more {
-                engine.handle(Event::AcceptEnded { errno: 0 }, ops);
-            }
-            return;
-        }
-        let errno = -res;
-        if errno == libc::EINVAL && self.multishot_accept {
-            log::info(format_args!(
-                "multishot accept unsupported (Linux < 5.19): re-arming single accepts"
-            ));
-            self.multishot_accept = false;
-            ops.multishot_accept = false;
-            engine.handle(Event::AcceptEnded { errno: 0 }, ops);
-            return;
-        }
-        engine.handle(Event::AcceptEnded { errno }, ops);
-    }
-
-    fn on_recv<H: Handler>(
+    fn on_recv(
         &mut self,
         conn: ConnRef,
         res: i32,
         flags: u32,
-        engine: &mut Engine<H>,
-        ops: &mut SqOps<'_, '_>,
+        q: &mut UringQueue<'_>,
+        handle: &mut impl FnMut(Event<'_>, &mut UringQueue<'_>),
     ) {
         let bid = cqueue::buffer_select(flags);
         if res > 0 {
             if let Some(bid) = bid {
-                let data = self.bufring.get(bid, res as usize);
+                // SAFETY: this completion handed buffer `bid` to us with `res` bytes; it
+                // is recycled right after the engine's one call below, and the kernel
+                // does not write it again before it is published anew.
+                let data = unsafe { self.bufring.get(bid, res as usize) };
                 let queued = cqueue::sock_nonempty(flags);
-                engine.handle(Event::Received { conn, data, queued }, ops);
+                handle(Event::Received { conn, data, queued }, q);
                 self.bufring.recycle(bid);
             }
             if !cqueue::more(flags) {
-                engine.handle(
-                    Event::RecvEnded {
-                        conn,
-                        why: RecvEnd::Rearm,
-                    },
-                    ops,
-                );
+                let why = RecvEnd::Rearm;
+                handle(Event::RecvEnded { conn, why }, q);
             }
             return;
         }
@@ -431,16 +395,41 @@ impl Io<'_> {
             0 => RecvEnd::Eof,
             libc::ENOBUFS => RecvEnd::NoBuffers,
             libc::ECANCELED => RecvEnd::Cancelled,
-            libc::EINVAL if self.multishot_recv => {
+            libc::EINVAL if q.st.multishot_recv => {
                 log::info(format_args!(
                     "multishot recv unsupported (Linux < 6.0): re-arming single receives"
                 ));
-                self.multishot_recv = false;
-                ops.multishot_recv = false;
+                q.st.multishot_recv = false;
                 RecvEnd::Rearm
             }
             errno => RecvEnd::Error(errno),
         };
-        engine.handle(Event::RecvEnded { conn, why }, ops);
+        handle(Event::RecvEnded { conn, why }, q);
     }
+}
+
+fn on_accept(
+    res: i32,
+    more: bool,
+    q: &mut UringQueue<'_>,
+    handle: &mut impl FnMut(Event<'_>, &mut UringQueue<'_>),
+) {
+    if res >= 0 {
+        q.st.fds.insert(res as RawFd);
+        handle(Event::Accepted { fd: res as RawFd }, q);
+        if !more {
+            handle(Event::AcceptEnded { errno: 0 }, q);
+        }
+        return;
+    }
+    let errno = -res;
+    if errno == libc::EINVAL && q.st.multishot_accept {
+        log::info(format_args!(
+            "multishot accept unsupported (Linux < 5.19): re-arming single accepts"
+        ));
+        q.st.multishot_accept = false;
+        handle(Event::AcceptEnded { errno: 0 }, q);
+        return;
+    }
+    handle(Event::AcceptEnded { errno }, q);
 }

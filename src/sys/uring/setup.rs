@@ -2,8 +2,10 @@
 //!
 //! Set-up tries the cheapest configuration first: SINGLE_ISSUER + DEFER_TASKRUN (task
 //! work runs only when this thread waits, in one batch), then COOP_TASKRUN, then a plain
-//! ring. The probe checks every opcode the engine issues; a missing one is an error the
-//! caller can act on (fall back to another backend).
+//! ring. The probe checks every opcode the driver issues (MSG_RING is optional: without
+//! it workers wake each other through eventfds), IORING_FEAT_EXT_ARG and provided buffer
+//! rings; a missing one is an error the caller can act on (fall back to another
+//! backend).
 
 use std::fmt;
 use std::io;
@@ -34,12 +36,13 @@ impl fmt::Display for Features {
 }
 
 /// Opcodes the engine cannot work without.
-const REQUIRED: [(u8, &str); 5] = [
+const REQUIRED: [(u8, &str); 6] = [
     (opcode::Accept::CODE, "ACCEPT"),
     (opcode::Recv::CODE, "RECV"),
     (opcode::Send::CODE, "SEND"),
     (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
     (opcode::Close::CODE, "CLOSE"),
+    (opcode::Read::CODE, "READ"),
 ];
 
 /// Applies one set of set-up flags to a ring builder.
@@ -128,7 +131,7 @@ pub(crate) fn kernel_release() -> String {
     // SAFETY: utsname is plain data; all-zero is a valid value for uname to fill.
     let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
     // SAFETY: `uts` is a valid, writable utsname.
-    if unsafe { libc::uname(&mut uts) } != 0 {
+    if unsafe { crate::sys::syscall::syscall!(uname(&mut uts)) }.is_err() {
         return "unknown".into();
     }
     let bytes: Vec<u8> = uts

@@ -11,20 +11,21 @@ use std::io;
 use std::mem;
 use std::os::fd::{FromRawFd, OwnedFd};
 
+use super::syscall::syscall;
+
 /// The signals that start (and, a second time, force) the drain.
 pub(crate) const SHUTDOWN_SIGNALS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
 
-fn shutdown_set() -> libc::sigset_t {
+fn shutdown_set() -> io::Result<libc::sigset_t> {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
     let mut set: libc::sigset_t = unsafe { mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        for sig in SHUTDOWN_SIGNALS {
-            libc::sigaddset(&mut set, sig);
-        }
+    // SAFETY: `set` is a valid, writable sigset_t.
+    unsafe { syscall!(sigemptyset(&mut set)) }?;
+    for sig in SHUTDOWN_SIGNALS {
+        // SAFETY: `set` is an initialised sigset_t and `sig` a valid signal number.
+        unsafe { syscall!(sigaddset(&mut set, sig)) }?;
     }
-    set
+    Ok(set)
 }
 
 /// Blocks SIGTERM and SIGINT in the calling thread, and so in every thread it starts
@@ -35,10 +36,11 @@ fn shutdown_set() -> libc::sigset_t {
 /// gracering::block_shutdown_signals().expect("block SIGTERM and SIGINT");
 /// ```
 pub fn block_shutdown_signals() -> io::Result<()> {
-    let set = shutdown_set();
-    // SAFETY: `set` is an initialised sigset_t; the old mask is not needed.
+    let set = shutdown_set()?;
+    // SAFETY: `set` is an initialised sigset_t; the old mask is not asked for (null).
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
+        // pthread functions return the error number instead of setting errno.
         return Err(io::Error::from_raw_os_error(rc));
     }
     Ok(())
@@ -46,12 +48,9 @@ pub fn block_shutdown_signals() -> io::Result<()> {
 
 /// A non-blocking signalfd for SIGTERM and SIGINT.
 pub(crate) fn shutdown_signalfd() -> io::Result<OwnedFd> {
-    let set = shutdown_set();
+    let set = shutdown_set()?;
     // SAFETY: -1 asks for a new descriptor; `set` is initialised.
-    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = unsafe { syscall!(signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)) }?;
     // SAFETY: signalfd returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

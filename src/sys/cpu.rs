@@ -3,15 +3,20 @@
 use std::io;
 use std::mem;
 
+use super::syscall::syscall;
+
 /// The CPUs in the calling thread's affinity mask, in ascending order.
 pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; an all-zero value is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
     // SAFETY: `set` is a valid, writable cpu_set_t of the size passed.
-    let rc = unsafe { libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe {
+        syscall!(sched_getaffinity(
+            0,
+            mem::size_of::<libc::cpu_set_t>(),
+            &mut set
+        ))
+    }?;
     let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
         // SAFETY: `cpu` is below CPU_SETSIZE, so CPU_ISSET reads inside `set`.
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
@@ -24,14 +29,23 @@ pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
 
 /// Pins the calling thread to one CPU.
 pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} is beyond CPU_SETSIZE"),
+        ));
+    }
     // SAFETY: as above, an all-zero cpu_set_t is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
-    // SAFETY: `cpu` comes from `allowed_cpus`, so it is below CPU_SETSIZE.
+    // SAFETY: `cpu` was checked to be below CPU_SETSIZE, so CPU_SET writes inside `set`.
     unsafe { libc::CPU_SET(cpu, &mut set) };
     // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 names the calling thread.
-    let rc = unsafe { libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe {
+        syscall!(sched_setaffinity(
+            0,
+            mem::size_of::<libc::cpu_set_t>(),
+            &set
+        ))
+    }?;
     Ok(())
 }

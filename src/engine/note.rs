@@ -1,0 +1,136 @@
+//! What the engine has to say: rare events (a drain step, an accept back-off, a handler
+//! panic) it records instead of logging, so that it stays free of I/O. The worker loop
+//! takes them after each turn and logs them ([`Note`]'s `Display` is the log line).
+
+use std::fmt;
+use std::io;
+
+use crate::shared::Trigger;
+
+/// A handler callback, as a note names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Callback {
+    Open,
+    Data,
+    Timer,
+    Drain,
+    Close,
+}
+
+impl Callback {
+    fn as_str(self) -> &'static str {
+        match self {
+            Callback::Open => "on_open",
+            Callback::Data => "on_data",
+            Callback::Timer => "on_timer",
+            Callback::Drain => "on_drain",
+            Callback::Close => "on_close",
+        }
+    }
+}
+
+/// One event worth a log line. `Display` writes it without the `worker N: ` prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Note {
+    /// The first accept failure of a series (later ones only count).
+    AcceptBackingOff { errno: i32 },
+    /// Accepting works again after `backoffs` back-offs.
+    AcceptRecovered { backoffs: u64 },
+    /// The first shutdown signal started the drain.
+    DrainBegan { trigger: Trigger, live: u64 },
+    /// A second signal forced the drain.
+    DrainForced { trigger: Trigger, live: u64 },
+    /// Accepting the backlog stopped early on an error.
+    BacklogStopped { errno: i32 },
+    /// The listener is closed; `from_backlog` connections came from its queue.
+    AcceptStopped { from_backlog: usize, open: usize },
+    /// The grace period is over (or the drain was forced): connections cut.
+    Cutting { count: usize },
+    /// The worker's last connection closed during the drain.
+    LastClosed {
+        drained: u64,
+        idle: u64,
+        aborted: u64,
+    },
+    /// A handler callback panicked; the connection (if any) was closed.
+    HandlerPanic { callback: Callback, message: String },
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Note::AcceptBackingOff { errno } => write!(
+                f,
+                "accept failed ({}), backing off",
+                io::Error::from_raw_os_error(*errno)
+            ),
+            Note::AcceptRecovered { backoffs } => {
+                write!(f, "accepting again after {backoffs} back-offs")
+            }
+            Note::DrainBegan { trigger, live } => write!(
+                f,
+                "{} received, draining {live} connections",
+                trigger.as_str()
+            ),
+            Note::DrainForced { trigger, live } => write!(
+                f,
+                "second {}, closing {live} connections now",
+                trigger.as_str()
+            ),
+            Note::BacklogStopped { errno } => write!(
+                f,
+                "backlog accept stopped early: {}",
+                io::Error::from_raw_os_error(*errno)
+            ),
+            Note::AcceptStopped { from_backlog, open } => write!(
+                f,
+                "accept stopped ({from_backlog} from the backlog), {open} connections open"
+            ),
+            Note::Cutting { count } => write!(
+                f,
+                "cutting {count} connections (grace period over or forced)"
+            ),
+            Note::LastClosed {
+                drained,
+                idle,
+                aborted,
+            } => write!(
+                f,
+                "last connection closed ({drained} drained, {idle} idle, {aborted} aborted)"
+            ),
+            Note::HandlerPanic { callback, message } => write!(
+                f,
+                "handler panicked in {}: {message}; its connection is closed",
+                callback.as_str()
+            ),
+        }
+    }
+}
+
+impl Note {
+    /// Whether the note is a warning (something failed) rather than information.
+    pub fn is_warning(&self) -> bool {
+        match self {
+            Note::AcceptBackingOff { .. }
+            | Note::BacklogStopped { .. }
+            | Note::Cutting { .. }
+            | Note::HandlerPanic { .. } => true,
+            Note::AcceptRecovered { .. }
+            | Note::DrainBegan { .. }
+            | Note::DrainForced { .. }
+            | Note::AcceptStopped { .. }
+            | Note::LastClosed { .. } => false,
+        }
+    }
+}
+
+/// The text of a panic's payload (a `&str` or a `String`; anything else is unnamed).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}

@@ -1,0 +1,235 @@
+//! The per-core loop, written once for every backend: a [`Runner`] owns one worker's
+//! engine and its [`Driver`], and turns the loop.
+//!
+//! ```text
+//!  serve:    loop {
+//!              now = clock                          one clock read per turn
+//!              turn(now):
+//!                engine.begin_turn(now)             timers, lingers, drain deadlines
+//!                driver.reap(event -> engine)       completions in; handler calls
+//!                engine.end_turn()                  coalesced sends, closes
+//!                (reap + end_turn again while the driver has events ready)
+//!                driver.publish()                   recycled receive buffers
+//!                log the engine's notes; run the teardowns once they are due
+//!              until the engine is done
+//!              driver.submit_and_wait(next deadline)   the turn's one kernel entry
+//!            }
+//!  release:  driver.begin_release(abort)           cancel the backend's own reads
+//!            reap until nothing is in flight       bounded in time; never spins
+//! ```
+//!
+//! The in-memory backend calls [`Runner::turn`] with its virtual clock; the servers call
+//! [`Runner::serve`], then [`Runner::release`]. A driver dropped without a release (a
+//! panic unwinding through the loop) cancels and reaps on its own before it frees
+//! anything the kernel may touch.
+
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use crate::contract::Driver;
+use crate::engine::{Engine, Note, panic_message};
+use crate::handler::Handler;
+use crate::log;
+use crate::stats::WorkerReport;
+
+/// Extra reap passes in one turn for events a driver produced during the turn (epoll's
+/// writes that completed at once), before it waits again.
+const EXTRA_PASSES: usize = 4;
+/// The release warns once it has waited this long for the kernel.
+const RELEASE_WARN: Duration = Duration::from_secs(1);
+/// The release gives up after this long (the driver then leaks what the kernel holds).
+const RELEASE_LIMIT: Duration = Duration::from_secs(5);
+/// How long one wait of the release may block.
+const RELEASE_POLL: Duration = Duration::from_millis(100);
+
+/// One worker's loop: its engine and its backend.
+pub(crate) struct Runner<H: Handler, D: Driver> {
+    engine: Engine<H>,
+    driver: D,
+    /// Whether the loop reads the real clock (serving) or is handed a virtual one.
+    real_clock: bool,
+    /// Test hook: the serving loop's wait fails once this is set.
+    #[cfg(feature = "sim")]
+    fail_wait: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl<H: Handler, D: Driver> Runner<H, D> {
+    /// Starts the engine on the driver (arms accepting, unless the server is draining).
+    pub fn new(mut engine: Engine<H>, mut driver: D) -> Runner<H, D> {
+        driver.with_queue(|q| engine.start(q));
+        Runner {
+            engine,
+            driver,
+            real_clock: false,
+            #[cfg(feature = "sim")]
+            fail_wait: None,
+        }
+    }
+
+    /// Makes the serving loop's wait fail once `flag` is set (fault injection for tests).
+    #[cfg(feature = "sim")]
+    pub fn fail_wait_when(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.fail_wait = Some(flag);
+    }
+
+    /// The engine.
+    #[cfg(feature = "sim")]
+    pub fn engine(&self) -> &Engine<H> {
+        &self.engine
+    }
+
+    /// The driver.
+    #[cfg(feature = "sim")]
+    pub fn driver(&self) -> &D {
+        &self.driver
+    }
+
+    /// The driver, to change (the in-memory backend's peers act through it).
+    #[cfg(feature = "sim")]
+    pub fn driver_mut(&mut self) -> &mut D {
+        &mut self.driver
+    }
+
+    /// One loop turn at `now`, without the wait. Returns how many events it reaped.
+    pub fn turn(&mut self, now: Instant) -> usize {
+        let Runner { engine, driver, .. } = self;
+        let mut events = 0;
+        driver.with_queue(|q| engine.begin_turn(now, q));
+        driver.reap(|event, q| {
+            events += 1;
+            engine.handle(event, q);
+        });
+        driver.with_queue(|q| engine.end_turn(q));
+        for _ in 0..EXTRA_PASSES {
+            if !driver.has_ready() {
+                break;
+            }
+            driver.reap(|event, q| {
+                events += 1;
+                engine.handle(event, q);
+            });
+            driver.with_queue(|q| engine.end_turn(q));
+        }
+        driver.publish();
+        self.after_turn(now);
+        events
+    }
+
+    /// Logs what the engine noted, and runs the teardowns once the drain reached them.
+    fn after_turn(&mut self, now: Instant) {
+        let index = self.engine.index();
+        self.engine.drain_notes(|note| log_note(index, note));
+        let Some(teardowns) = self.engine.take_teardowns() else {
+            return;
+        };
+        let mut panics = 0;
+        for (name, close) in teardowns {
+            log::info(format_args!("worker {index}: teardown {name}"));
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(close)) {
+                panics += 1;
+                log::warn(format_args!(
+                    "worker {index}: teardown {name} panicked: {}",
+                    panic_message(&*payload)
+                ));
+            }
+        }
+        let done = if self.real_clock { Instant::now() } else { now };
+        self.engine.torn_down(done, panics);
+    }
+
+    /// The serving phase: turns until the engine is done. An error from the wait ends
+    /// it; the caller then releases with `abort`.
+    pub fn serve(&mut self) -> io::Result<()> {
+        self.real_clock = true;
+        loop {
+            let now = Instant::now();
+            self.turn(now);
+            if self.engine.is_done() {
+                return Ok(());
+            }
+            #[cfg(feature = "sim")]
+            if self
+                .fail_wait
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
+            {
+                return Err(io::Error::other("injected wait failure (test hook)"));
+            }
+            let timeout = if self.driver.has_ready() {
+                Some(Duration::ZERO)
+            } else {
+                self.engine
+                    .next_deadline()
+                    .map(|at| at.saturating_duration_since(now))
+            };
+            self.driver.submit_and_wait(timeout)?;
+        }
+    }
+
+    /// The releasing phase: the backend's own reads are cancelled (with `abort`, every
+    /// operation) and every completion still owed is reaped, into the engine unless
+    /// aborting. Bounded in time: returns false if the kernel still held operations at
+    /// the limit (the driver then leaks their memory instead of freeing it).
+    pub fn release(&mut self, abort: bool) -> bool {
+        let index = self.engine.index();
+        self.driver.begin_release(abort);
+        let started = Instant::now();
+        let mut warned = false;
+        let mut wait_errors = 0u32;
+        loop {
+            let Runner { engine, driver, .. } = self;
+            if abort {
+                driver.reap(|_, _| {});
+            } else {
+                driver.reap(|event, q| engine.handle(event, q));
+            }
+            driver.publish();
+            let left = driver.in_flight();
+            if left == 0 {
+                return true;
+            }
+            let waited = started.elapsed();
+            if waited >= RELEASE_LIMIT {
+                log::warn(format_args!(
+                    "worker {index}: {left} operations still in flight after {waited:?}; \
+                     giving up on them"
+                ));
+                return false;
+            }
+            if waited >= RELEASE_WARN && !warned {
+                warned = true;
+                log::warn(format_args!(
+                    "worker {index}: {left} operations still in flight at release"
+                ));
+            }
+            if let Err(e) = driver.submit_and_wait(Some(RELEASE_POLL)) {
+                wait_errors += 1;
+                if wait_errors == 1 {
+                    log::warn(format_args!("worker {index}: wait failed at release: {e}"));
+                }
+                // The kernel refuses to wait: pause instead of spinning; the time limit
+                // above ends the release.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// The worker's counters and drain figures.
+    pub fn report(&self) -> WorkerReport {
+        WorkerReport {
+            stats: self.engine.stats().clone(),
+            drain: self.engine.drain_report(),
+            failure: None,
+        }
+    }
+}
+
+/// Logs one of the engine's notes as `worker N: ...`.
+fn log_note(index: usize, note: &Note) {
+    if note.is_warning() {
+        log::warn(format_args!("worker {index}: {note}"));
+    } else {
+        log::info(format_args!("worker {index}: {note}"));
+    }
+}
