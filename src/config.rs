@@ -28,9 +28,9 @@ pub(crate) struct Config {
     pub linger: Duration,
     pub handle_signals: bool,
     pub backend: Backend,
-    /// Test hook: worker N's wait fails once the flag is set.
+    /// Test hook: worker N meets the fault once the flag is set.
     #[cfg(feature = "sim")]
-    pub fail_wait: Option<(usize, Arc<AtomicBool>)>,
+    pub fault: Option<(usize, Fault, Arc<AtomicBool>)>,
 }
 
 impl Default for Config {
@@ -53,9 +53,22 @@ impl Default for Config {
             handle_signals: true,
             backend: Backend::Auto,
             #[cfg(feature = "sim")]
-            fail_wait: None,
+            fault: None,
         }
     }
+}
+
+/// A fault a test can inject into a worker's loop ([`Builder::inject_fault`]).
+#[cfg(feature = "sim")]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The wait on the kernel fails, as a broken ring would: the worker releases its
+    /// backend, closes its sockets and reports the failure; the others drain.
+    WaitError,
+    /// The loop panics (as an engine bug would), unwinding through it: the backend's
+    /// `Drop` cancels and reaps what is in flight and closes the sockets.
+    Panic,
 }
 
 /// Configures and binds a [`Server`].
@@ -194,13 +207,12 @@ impl Builder {
         self
     }
 
-    /// Fault injection for tests (feature `sim`): once `flag` is set, worker `worker`'s
-    /// next wait on the kernel fails, as a broken ring would (the worker then releases
-    /// its backend, closes its sockets and reports the failure; the others drain).
+    /// Fault injection for tests (feature `sim`): once `flag` is set, worker `worker`
+    /// meets `fault` at the end of its next turn, with its operations in flight.
     #[cfg(feature = "sim")]
     #[doc(hidden)]
-    pub fn fail_wait_when(mut self, worker: usize, flag: Arc<AtomicBool>) -> Builder {
-        self.config.fail_wait = Some((worker, flag));
+    pub fn inject_fault(mut self, worker: usize, fault: Fault, flag: Arc<AtomicBool>) -> Builder {
+        self.config.fault = Some((worker, fault, flag));
         self
     }
 

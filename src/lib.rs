@@ -106,6 +106,9 @@ mod sys;
 mod worker;
 
 pub use config::Builder;
+#[cfg(feature = "sim")]
+#[doc(hidden)]
+pub use config::Fault;
 pub use handler::{CloseReason, Conn, ConnId, Handler, Worker};
 pub use server::Server;
 pub use shared::{ShutdownHandle, Trigger};

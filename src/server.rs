@@ -297,10 +297,10 @@ fn drive<H: Handler, D: Driver>(
     let engine = Engine::new(handler, worker, config, shared, Instant::now());
     let mut runner = Runner::new(engine, driver);
     #[cfg(feature = "sim")]
-    if let Some((failing, flag)) = &config.fail_wait
+    if let Some((failing, fault, flag)) = &config.fault
         && *failing == index
     {
-        runner.fail_wait_when(flag.clone());
+        runner.inject_fault(*fault, flag.clone());
     }
     let served = runner.serve();
     if let Err(e) = &served {

@@ -27,6 +27,14 @@ use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "sim")]
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+#[cfg(feature = "sim")]
+use crate::config::Fault;
 use crate::contract::Driver;
 use crate::engine::{Engine, Note, panic_message};
 use crate::handler::Handler;
@@ -49,9 +57,9 @@ pub(crate) struct Runner<H: Handler, D: Driver> {
     driver: D,
     /// Whether the loop reads the real clock (serving) or is handed a virtual one.
     real_clock: bool,
-    /// Test hook: the serving loop's wait fails once this is set.
+    /// Test hook: the serving loop meets the fault once the flag is set.
     #[cfg(feature = "sim")]
-    fail_wait: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    fault: Option<(Fault, Arc<AtomicBool>)>,
 }
 
 impl<H: Handler, D: Driver> Runner<H, D> {
@@ -63,14 +71,14 @@ impl<H: Handler, D: Driver> Runner<H, D> {
             driver,
             real_clock: false,
             #[cfg(feature = "sim")]
-            fail_wait: None,
+            fault: None,
         }
     }
 
-    /// Makes the serving loop's wait fail once `flag` is set (fault injection for tests).
+    /// Makes the serving loop meet `fault` once `flag` is set (for tests).
     #[cfg(feature = "sim")]
-    pub fn fail_wait_when(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-        self.fail_wait = Some(flag);
+    pub fn inject_fault(&mut self, fault: Fault, flag: Arc<AtomicBool>) {
+        self.fault = Some((fault, flag));
     }
 
     /// The engine.
@@ -149,12 +157,15 @@ impl<H: Handler, D: Driver> Runner<H, D> {
                 return Ok(());
             }
             #[cfg(feature = "sim")]
-            if self
-                .fail_wait
-                .as_ref()
-                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
+            if let Some((fault, flag)) = &self.fault
+                && flag.load(Ordering::Acquire)
             {
-                return Err(io::Error::other("injected wait failure (test hook)"));
+                match fault {
+                    Fault::WaitError => {
+                        return Err(io::Error::other("injected wait failure (test hook)"));
+                    }
+                    Fault::Panic => panic!("injected panic in the worker loop (test hook)"),
+                }
             }
             let timeout = if self.driver.has_ready() {
                 Some(Duration::ZERO)
