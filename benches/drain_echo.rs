@@ -3,8 +3,8 @@
 //! references measured in the same run.
 //!
 //! - **gracering**: `examples/echo --workers 1`, pinned to CPU 0.
-//! - **tokio**: a tokio current-thread echo server (this binary, re-executed) doing the
-//!   same drain: on SIGTERM it stops accepting, every connection finishes the echo it is
+//! - **tokio**: a tokio current-thread echo server (`tokio-drain-echo` of
+//!   `benches/peers`, built on the way) doing the same drain: on SIGTERM it stops accepting, every connection finishes the echo it is
 //!   doing, shuts down its write side, reads off what the client still sends until the
 //!   client's FIN (at most 1 s), and the process exits once every connection is gone.
 //! - **floor**: the kernel's own cost of closing that many connections. This binary,
@@ -39,22 +39,22 @@
 //! `BENCH_LOAD_SECS` (1.0, load before the signal), `BENCH_SERVERS` (default
 //! `gracering,tokio,floor,floor-fin`; `GRACERING_BENCH_SERVERS` also works),
 //! `BENCH_VERBOSE` (set: print each server's stderr).
-//! Roles (`GRACERING_BENCH_ROLE`): `tokio-drain-echo` serves on `GRACERING_BENCH_ADDR`
-//! with a read-off of `GRACERING_BENCH_LINGER_MS` (1000; 0 = drop at once); `floor`
-//! measures the floor for `GRACERING_BENCH_FLOOR_N` connections, in
+//! The tokio peer's read-off is `GRACERING_BENCH_LINGER_MS` (1000; 0 = drop at once).
+//! Role (`GRACERING_BENCH_ROLE`): `floor` measures the floor for `GRACERING_BENCH_FLOOR_N` connections, in
 //! `GRACERING_BENCH_FLOOR_MODE` `close` (default) or `fin`.
 
 mod support;
 
 use std::env;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use support::settings::env_or;
 use support::stats::{median, quantile, quantile_label};
-use support::{ServerProcess, build, idle, loadgen, peer, pin};
+use testkit::process::ServerProcess;
+use testkit::{build, idle, loadgen, pin};
 
 const SERVER_CPU: usize = 0;
 const CLIENT_CPU: usize = 1;
@@ -77,19 +77,16 @@ const CLIENT_SLACK: Duration = Duration::from_secs(10);
 const FLOOR_SETTLE: Duration = Duration::from_millis(200);
 /// Time the floor child may take in all.
 const FLOOR_TIMEOUT: Duration = Duration::from_secs(120);
-/// The tokio peer exits by itself after this long, whatever happens to the benchmark.
-const PEER_LIFETIME: Duration = Duration::from_secs(600);
 
 type Error = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
     // `cargo bench` passes arguments such as `--bench`: there is nothing to take from them.
     let result = match env::var("GRACERING_BENCH_ROLE").as_deref() {
-        Ok("tokio-drain-echo") => tokio_peer::run(),
         Ok("floor") => floor::run(),
         _ => bench(),
     };
-    peer::exit_code("drain_echo", result)
+    support::exit_code("drain_echo", result)
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -133,17 +130,16 @@ impl Subject {
     }
 
     /// The server's command line (not for the floors).
-    fn command(self, echo_example: &Path) -> Result<Command, Error> {
+    fn command(self, servers: &Servers) -> Result<Command, Error> {
         let peer = |linger_ms: &str| -> Result<Command, Error> {
-            let mut cmd = Command::new(env::current_exe()?);
-            cmd.env("GRACERING_BENCH_ROLE", "tokio-drain-echo")
-                .env("GRACERING_BENCH_ADDR", "127.0.0.1:0")
+            let mut cmd = Command::new(&servers.tokio_peer);
+            cmd.env("GRACERING_BENCH_ADDR", "127.0.0.1:0")
                 .env("GRACERING_BENCH_LINGER_MS", linger_ms);
             Ok(cmd)
         };
         match self {
             Subject::Gracering => {
-                let mut cmd = Command::new(echo_example);
+                let mut cmd = Command::new(&servers.echo_example);
                 cmd.args(["--addr", "127.0.0.1:0", "--workers", "1"]);
                 Ok(cmd)
             }
@@ -152,6 +148,14 @@ impl Subject {
             Subject::Floor | Subject::FloorFin => Err("a floor is not a server".into()),
         }
     }
+}
+
+/// The server binaries, built for the subjects that need them.
+struct Servers {
+    /// gracering's `echo` example.
+    echo_example: PathBuf,
+    /// The `tokio-drain-echo` peer.
+    tokio_peer: PathBuf,
 }
 
 struct Settings {
@@ -245,6 +249,15 @@ fn bench() -> Result<(), Error> {
         )?,
         false => PathBuf::new(),
     };
+    let tokio = [Subject::Tokio, Subject::TokioDrop];
+    let tokio_peer = match s.subjects.iter().any(|s| tokio.contains(s)) {
+        true => build::build_peer("tokio-drain-echo", None)?,
+        false => PathBuf::new(),
+    };
+    let servers = Servers {
+        echo_example,
+        tokio_peer,
+    };
     // Everything of ours runs on the client CPU; servers are pinned to theirs at spawn.
     pin::pin_current_thread(CLIENT_CPU)?;
     println!(
@@ -260,7 +273,7 @@ fn bench() -> Result<(), Error> {
         for (i, &subject) in s.subjects.iter().enumerate() {
             let run = match subject {
                 Subject::Floor | Subject::FloorFin => measure_floor(subject, &s)?,
-                _ => measure_drain(subject, &echo_example, &s)?,
+                _ => measure_drain(subject, &servers, &s)?,
             };
             println!("run {n} {:<10} {}", subject.name(), describe(subject, &run));
             runs[i].push(run);
@@ -278,8 +291,8 @@ fn bench() -> Result<(), Error> {
 }
 
 /// One drain of one server: idle connections and load, SIGTERM, and how it all ended.
-fn measure_drain(subject: Subject, echo_example: &Path, s: &Settings) -> Result<Run, Error> {
-    let mut cmd = subject.command(echo_example)?;
+fn measure_drain(subject: Subject, servers: &Servers, s: &Settings) -> Result<Run, Error> {
+    let mut cmd = subject.command(servers)?;
     let server = ServerProcess::start_capturing(&mut cmd, SERVER_CPU, START_TIMEOUT)?;
     let addr = server.addr();
     let client_time = s.load + EXIT_TIMEOUT + CLIENT_SLACK;
@@ -314,7 +327,7 @@ fn measure_drain(subject: Subject, echo_example: &Path, s: &Settings) -> Result<
     }
     let last_close = idle.last_end.max(load.last_close);
     let drain_line = exit.stderr.lines().rev().find(|l| l.contains("\"drain\""));
-    let num = |key| drain_line.and_then(|l| support::floor::json_number(l, key));
+    let num = |key| drain_line.and_then(|l| testkit::json::json_number(l, key));
     let mut note = String::new();
     if subject == Subject::Gracering {
         let int = |key| num(key).map_or("?".into(), |v| format!("{v:.0}"));
@@ -374,12 +387,12 @@ fn measure_floor(subject: Subject, s: &Settings) -> Result<Run, Error> {
     cmd.env("GRACERING_BENCH_ROLE", "floor")
         .env("GRACERING_BENCH_FLOOR_N", s.total().to_string())
         .env("GRACERING_BENCH_FLOOR_MODE", mode);
-    let out = support::run_pinned(&mut cmd, SERVER_CPU, FLOOR_TIMEOUT)?;
+    let out = testkit::process::run_pinned(&mut cmd, SERVER_CPU, FLOOR_TIMEOUT)?;
     let line = out.stdout.lines().find(|l| l.contains("\"floor\""));
     let (Some(line), true) = (line, out.status.success()) else {
         return Err(format!("floor failed ({}): {}", out.status, out.stderr.trim()).into());
     };
-    let num = |key| support::floor::json_number(line, key);
+    let num = |key| testkit::json::json_number(line, key);
     let count = |key| num(key).unwrap_or(0.0) as u64;
     Ok(Run {
         exit_ms: num("close_ms").ok_or("floor: no close_ms")?,
@@ -690,7 +703,7 @@ mod floor {
             None
         };
         std::thread::sleep(FLOOR_SETTLE);
-        let cpu_start = support::procstat::thread_cpu_seconds();
+        let cpu_start = testkit::procstat::thread_cpu_seconds();
         let start = Instant::now();
         let close = match held {
             // The bare cost: close every connection (FIN, the rest is the kernel's).
@@ -713,7 +726,7 @@ mod floor {
                 own.last_end.map_or(start.elapsed(), |t| t - start)
             }
         };
-        let close_cpu = support::procstat::thread_cpu_seconds() - cpu_start;
+        let close_cpu = testkit::procstat::thread_cpu_seconds() - cpu_start;
         let r = holders.wait()?;
         let after = |t: Option<Instant>| {
             t.map_or("null".into(), |t| {
@@ -734,99 +747,5 @@ mod floor {
             r.still_open
         );
         Ok(())
-    }
-}
-
-/// The dev-only peer: a tokio current-thread echo server with a graceful drain.
-mod tokio_peer {
-    use super::{Error, PEER_LIFETIME, env_or, peer};
-    use std::io;
-    use std::os::fd::OwnedFd;
-    use std::time::{Duration, Instant};
-    use tokio::io::unix::AsyncFd;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio::sync::watch;
-    use tokio::task::JoinSet;
-
-    pub fn run() -> Result<(), Error> {
-        let addr = std::env::var("GRACERING_BENCH_ADDR").unwrap_or("127.0.0.1:0".into());
-        let linger = Duration::from_millis(env_or("GRACERING_BENCH_LINGER_MS", 1000)?);
-        // Before any thread starts, so that no thread can take SIGTERM's default action.
-        let signals = peer::sigterm_fd()?;
-        // Normally stopped by the benchmark (or killed with it, by PR_SET_PDEATHSIG).
-        peer::run_peer(PEER_LIFETIME, 1, serve(&addr, signals, linger))?
-    }
-
-    async fn serve(addr: &str, signals: OwnedFd, linger: Duration) -> Result<(), Error> {
-        let listener = TcpListener::bind(addr).await?;
-        // SAFETY: an `OwnedFd` keeps its descriptor open, and `as_raw_fd` returns that
-        // same descriptor, for as long as the `AsyncFd` owns it.
-        let signals = unsafe { AsyncFd::register_with_interest(signals, Interest::READABLE) }
-            .map_err(io::Error::from)?;
-        // Rust's stdout is line-buffered: the line leaves at once.
-        println!("listening on {}", listener.local_addr()?);
-        let (stop, stopped) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        loop {
-            tokio::select! {
-                biased;
-                ready = signals.readable() => {
-                    // The signal is left unread: the process is on its way out.
-                    ready?.retain_ready();
-                    break;
-                }
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => drop(tasks.spawn(echo(stream, stopped.clone(), linger))),
-                    Err(e) => eprintln!("tokio-drain-echo: accept: {e}"),
-                },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            }
-        }
-        let began = Instant::now();
-        // Stop accepting: nothing connects during the benchmark's drain, so closing the
-        // listener resets nobody.
-        drop(listener);
-        let conns = tasks.len();
-        let _ = stop.send(true);
-        while tasks.join_next().await.is_some() {}
-        eprintln!(
-            r#"{{"drain":{{"peer":"tokio","duration_ms":{:.3},"connections":{conns},"linger_ms":{}}}}}"#,
-            began.elapsed().as_secs_f64() * 1e3,
-            linger.as_millis()
-        );
-        Ok(())
-    }
-
-    /// Echoes until the client leaves or the drain begins; then finishes the echo in
-    /// progress, shuts down the write side (FIN) and reads off what the client still
-    /// sends until its FIN, for at most `linger` (none: the socket is dropped at once).
-    async fn echo(mut stream: TcpStream, mut stop: watch::Receiver<bool>, linger: Duration) {
-        if stream.set_nodelay(true).is_err() {
-            return;
-        }
-        let mut buf = vec![0u8; 4096];
-        loop {
-            tokio::select! {
-                biased;
-                // The guard `wait_for` returns is dropped inside, so that the task's
-                // future stays `Send`.
-                _ = async { stop.wait_for(|&stop| stop).await.is_ok() } => break,
-                read = stream.read(&mut buf) => match read {
-                    Ok(1..) => {
-                        let n = read.unwrap_or(0);
-                        if stream.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                    _ => return,
-                },
-            }
-        }
-        if stream.shutdown().await.is_err() || linger.is_zero() {
-            return;
-        }
-        let read_off = async { while let Ok(1..) = stream.read(&mut buf).await {} };
-        let _ = tokio::time::timeout(linger, read_off).await;
     }
 }

@@ -22,7 +22,7 @@
 //!   are counted apart, not as errors.
 //!
 //! Servers (`BENCH_SERVERS`, default `gracering,hyper,nginx,go`): hyper 1.x drained as
-//! hyper-util's `GracefulShutdown` does it (this binary re-executed, `hyper_drain.rs`),
+//! hyper-util's `GracefulShutdown` does it (the `hyper-drain` binary of `benches/peers`),
 //! nginx (SIGQUIT) and Go's `Server.Shutdown` where installed; a server without `/slow`
 //! is skipped for the scenarios that need it, with one line. The floor of each scenario
 //! is the close loop of K + C loopback connections on CPU 0 with their clients on CPU 1
@@ -61,9 +61,10 @@ use std::time::{Duration, Instant};
 
 use support::drain_report::{self, Run, Summary};
 use support::drain_servers::{self, Kind, Spec};
+use support::floor;
 use support::settings::env_or;
 use support::timeline::{self, ms_since};
-use support::{build, floor, httpgen, httpwire, hyper_drain, idle, peer, pin};
+use testkit::{build, httpgen, httpwire, idle, pin};
 
 const SERVER_CPU: usize = 0;
 const CLIENT_CPU: usize = 1;
@@ -84,10 +85,9 @@ fn main() -> ExitCode {
     // `cargo bench` passes arguments such as `--bench`: there is nothing to take from them.
     let result = match env::var(floor::ROLE_VAR).as_deref() {
         Ok(floor::ROLE) => floor::run().map_err(Error::from),
-        Ok(hyper_drain::ROLE) => hyper_drain::run(),
         _ => bench(),
     };
-    peer::exit_code("drain_http", result)
+    support::exit_code("drain_http", result)
 }
 
 /// One scenario's conditions.
@@ -204,6 +204,10 @@ fn bench() -> Result<(), Error> {
         true => build::build_example("http", None)?,
         false => PathBuf::new(),
     };
+    let hyper_peer = match s.servers.contains(&Kind::Hyper) {
+        true => build::build_peer("hyper-drain", None)?,
+        false => PathBuf::new(),
+    };
     let out_dir = target.join("drain_http");
     std::fs::create_dir_all(&out_dir)?;
     // Everything of ours runs on the client CPU; servers are pinned to theirs at spawn.
@@ -211,6 +215,7 @@ fn bench() -> Result<(), Error> {
     let spec = |kind, grace| Spec {
         kind,
         http_example: &example,
+        hyper_peer: &hyper_peer,
         workers: s.workers,
         grace,
         cpu: SERVER_CPU,
@@ -378,7 +383,7 @@ fn measure(
         .lines()
         .rev()
         .find(|l| l.contains("\"drain\""));
-    let num = |key| drain_line.and_then(|l| floor::json_number(l, key));
+    let num = |key| drain_line.and_then(|l| testkit::json::json_number(l, key));
     let mut note = String::new();
     if spec.kind == Kind::Gracering {
         let v = |key| num(key).map_or("?".into(), |v| format!("{v}"));

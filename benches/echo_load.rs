@@ -12,8 +12,7 @@
 //!
 //! Environment: `GRACERING_BENCH_SERVERS` (default `gracering,tokio`), `BENCH_RUNS` (3),
 //! `BENCH_SECS` (5, after a 1 s warm-up), `BENCH_CONNS` (100), `BENCH_SIZE` (64).
-//! The binary doubles as the tokio peer: with `GRACERING_BENCH_ROLE=tokio-echo` it
-//! serves echo on `GRACERING_BENCH_ADDR` instead of benchmarking.
+//! The tokio peer is the `tokio-echo` binary of `benches/peers`, built on the way.
 
 mod support;
 
@@ -23,9 +22,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
-use support::loadgen::{self, Report};
 use support::settings::env_or;
-use support::{ServerProcess, build, peer};
+use testkit::build;
+use testkit::loadgen::{self, Report};
+use testkit::process::ServerProcess;
 
 const SERVER_CPU: usize = 0;
 const LOAD_CPU: usize = 1;
@@ -34,18 +34,12 @@ const WARMUP: Duration = Duration::from_secs(1);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a server gets to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// The tokio peer exits by itself after this long, whatever happens to the benchmark.
-const PEER_LIFETIME: Duration = Duration::from_secs(3600);
 
 type Error = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
     // `cargo bench` passes arguments such as `--bench`: there is nothing to take from them.
-    let result = match env::var("GRACERING_BENCH_ROLE").as_deref() {
-        Ok("tokio-echo") => tokio_peer::run(),
-        _ => bench(),
-    };
-    peer::exit_code("echo_load", result)
+    support::exit_code("echo_load", bench())
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -65,10 +59,11 @@ impl Server {
         }
     }
 
-    fn command(self, echo_example: &Path) -> Result<Command, Error> {
+    /// The server's command line, given the `echo` example and the `tokio-echo` peer.
+    fn command(self, echo_example: &Path, tokio_peer: &Path) -> Command {
         let mut cmd = match self {
             Server::Gracering | Server::GraceringEpoll => Command::new(echo_example),
-            Server::Tokio => Command::new(env::current_exe()?),
+            Server::Tokio => Command::new(tokio_peer),
         };
         match self {
             Server::Gracering => cmd
@@ -77,11 +72,9 @@ impl Server {
             Server::GraceringEpoll => cmd
                 .args(["--addr", "127.0.0.1:0", "--workers", "1"])
                 .env("GRACERING_BACKEND", "epoll"),
-            Server::Tokio => cmd
-                .env("GRACERING_BENCH_ROLE", "tokio-echo")
-                .env("GRACERING_BENCH_ADDR", "127.0.0.1:0"),
+            Server::Tokio => cmd.env("GRACERING_BENCH_ADDR", "127.0.0.1:0"),
         };
-        Ok(cmd)
+        cmd
     }
 }
 
@@ -133,6 +126,10 @@ fn bench() -> Result<(), Error> {
         )?,
         false => PathBuf::new(),
     };
+    let tokio_peer = match s.servers.contains(&Server::Tokio) {
+        true => build::build_peer("tokio-echo", None)?,
+        false => PathBuf::new(),
+    };
     println!(
         "echo_load: {} connections, {} B, {} s after {} s warm-up, {} runs; server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}",
         s.conns,
@@ -144,7 +141,7 @@ fn bench() -> Result<(), Error> {
     let mut reports: Vec<Vec<Report>> = vec![Vec::new(); s.servers.len()];
     for run in 1..=s.runs {
         for (i, &server) in s.servers.iter().enumerate() {
-            let report = measure(&mut server.command(&echo_example)?, &s)?;
+            let report = measure(&mut server.command(&echo_example, &tokio_peer), &s)?;
             println!("run {run} {:<10} {}", server.name(), describe(&report));
             reports[i].push(report);
         }
@@ -279,43 +276,4 @@ fn json_line(s: &Settings, summaries: &[Summary]) -> String {
     }
     out.push('}');
     out
-}
-
-/// The dev-only peer: a tokio current-thread echo server.
-mod tokio_peer {
-    use super::{Error, PEER_LIFETIME, peer};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-
-    pub fn run() -> Result<(), Error> {
-        let addr = std::env::var("GRACERING_BENCH_ADDR").unwrap_or("127.0.0.1:0".into());
-        // Normally killed by the benchmark (or with it, by PR_SET_PDEATHSIG); no time
-        // driver, as the peer has no use for one.
-        let mut runtime = tokio::runtime::Builder::new_current_thread();
-        peer::run_peer_on(runtime.enable_io(), PEER_LIFETIME, 0, serve(&addr))?
-    }
-
-    async fn serve(addr: &str) -> Result<(), Error> {
-        let listener = TcpListener::bind(addr).await?;
-        // Rust's stdout is line-buffered: the line leaves at once.
-        println!("listening on {}", listener.local_addr()?);
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => drop(tokio::spawn(echo(stream))),
-                Err(e) => eprintln!("tokio-echo: accept: {e}"),
-            }
-        }
-    }
-
-    async fn echo(mut stream: TcpStream) {
-        if stream.set_nodelay(true).is_err() {
-            return;
-        }
-        let mut buf = vec![0u8; 4096];
-        while let Ok(n @ 1..) = stream.read(&mut buf).await {
-            if stream.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    }
 }

@@ -15,8 +15,8 @@
 //! last gives the marginal cost per connection as a cross-check. At the end every
 //! connection is checked to be still open. Servers: `gracering` (the `http` example, idle
 //! timeout raised to 10 min so none closes while measured), `gracering-echo` (the `echo`
-//! example), `hyper` (hyper 1.x on a tokio current-thread runtime, run by this binary
-//! itself), `nginx` and `go` (see `benches/support/peers.rs`; skipped with one line when
+//! example), `hyper` (hyper 1.x on a tokio current-thread runtime: the `hyper-hello`
+//! binary of `benches/peers`), `nginx` and `go` (see `benches/support/peers.rs`; skipped with one line when
 //! not installed). Only user-space memory is counted: the kernel's socket memory is the
 //! same whoever serves. The client side holds one descriptor per connection:
 //! `BENCH_IDLE` must stay under the open-file limit (20 000 here), less what the bench
@@ -46,56 +46,21 @@
 //! load run), `BENCH_RUNS` (3, load runs per server), `BENCH_PARTS` (`memory,cpu`),
 //! `BENCH_SERVERS` (`gracering,gracering-echo,hyper,nginx,go`). Prints a line per
 //! measurement, a table and one JSON line.
-//!
-//! The binary doubles as the hyper peer: with `GRACERING_BENCH_ROLE=hyper-hello` it
-//! serves `Hello, World!` on `GRACERING_BENCH_ADDR` (default `127.0.0.1:0`).
 
-// The shared bench code this binary needs, each file included on its own so that the
-// rest of `benches/support` may change without touching this benchmark. `loadgen` finds
-// `epoll`, `pin` and `procstat` here, at the level above it, as it would in `support`,
-// and `peers` finds `build` so.
-#[allow(dead_code)]
-#[path = "support/build.rs"]
-mod build;
-#[allow(dead_code)]
-#[path = "support/epoll.rs"]
-mod epoll;
-#[path = "support/hyper_hello.rs"]
-mod hyper_hello;
-#[allow(dead_code)]
-#[path = "support/loadgen.rs"]
-mod loadgen;
-#[allow(dead_code)]
-#[path = "support/peer.rs"]
-mod peer;
-#[allow(dead_code)]
-#[path = "support/peers.rs"]
-mod peers;
-#[allow(dead_code)]
-#[path = "support/pin.rs"]
-mod pin;
-#[allow(dead_code)]
-#[path = "support/procstat.rs"]
-mod procstat;
-#[path = "support/settings.rs"]
-mod settings;
-#[allow(dead_code)]
-#[path = "support/stats.rs"]
-mod stats;
-#[allow(dead_code)]
-#[path = "support/svg.rs"]
-mod svg;
+mod support;
 
 use std::env;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use peers::PeerProcess;
-use settings::env_or;
+use support::peers::{self, PeerProcess};
+use support::settings::env_or;
+use support::{stats, svg};
+use testkit::{build, loadgen, procstat};
 
 const SERVER_CPU: usize = 0;
 const LOAD_CPU: usize = 1;
@@ -117,8 +82,6 @@ const LOAD_CONNS: usize = 100;
 /// Echo message size of the saturating load and of the opening round trip.
 const ECHO_SIZE: usize = 64;
 const PING_SIZE: usize = 16;
-/// The hyper peer exits by itself after this long, whatever happens to the benchmark.
-const PEER_LIFETIME: Duration = Duration::from_secs(3600);
 /// The targets for gracering.
 const TARGET_BYTES_PER_CONN: f64 = 300.0;
 const TARGET_USER_SHARE: f64 = 0.20;
@@ -127,11 +90,7 @@ type Error = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
     // `cargo bench` passes arguments such as `--bench`: there is nothing to take from them.
-    let result = match env::var("GRACERING_BENCH_ROLE").as_deref() {
-        Ok(hyper_hello::ROLE) => hyper_hello::run(PEER_LIFETIME, false),
-        _ => bench(),
-    };
-    peer::exit_code("footprint", result)
+    support::exit_code("footprint", bench())
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -215,6 +174,10 @@ fn bench() -> Result<(), Error> {
         [http, echo] => Examples {
             http: http.clone(),
             echo: echo.clone(),
+            hyper: match s.servers.contains(&Kind::Hyper) {
+                true => build::build_peer("hyper-hello", None)?,
+                false => PathBuf::new(),
+            },
         },
         _ => unreachable!("two examples built, two paths"),
     };
@@ -281,10 +244,11 @@ fn bench() -> Result<(), Error> {
     Ok(())
 }
 
-/// The gracering example binaries.
+/// The server binaries: gracering's examples, and the `hyper-hello` peer.
 struct Examples {
     http: PathBuf,
     echo: PathBuf,
+    hyper: PathBuf,
 }
 
 /// Starts `kind` pinned to the server CPU; `None` for a peer that is not installed.
@@ -309,9 +273,8 @@ fn start(kind: Kind, examples: &Examples) -> Result<Option<PeerProcess>, Error> 
             Some(own(kind.name(), cmd)?)
         }
         Kind::Hyper => {
-            let mut cmd = Command::new(env::current_exe()?);
-            cmd.env("GRACERING_BENCH_ROLE", hyper_hello::ROLE)
-                .env("GRACERING_BENCH_ADDR", "127.0.0.1:0");
+            let mut cmd = Command::new(&examples.hyper);
+            cmd.env("GRACERING_BENCH_ADDR", "127.0.0.1:0");
             Some(own(kind.name(), cmd)?)
         }
         Kind::Nginx => peers::nginx(SERVER_CPU)?,
@@ -665,7 +628,8 @@ fn http_share(
             &url,
         ]);
         let limit = Duration::from_secs(secs.into()) + WRK_SLACK;
-        let stdout = run_pinned(&mut cmd, LOAD_CPU, limit)?;
+        let stdout =
+            testkit::process::run_pinned(&mut cmd, LOAD_CPU, limit)?.stdout_if_success("wrk")?;
         parse_wrk(&stdout).ok_or_else(|| format!("cannot read wrk's output:\n{stdout}").into())
     };
     run_wrk(WARMUP_SECS)?;
@@ -712,50 +676,6 @@ fn parse_wrk(text: &str) -> Option<(u64, u64)> {
         }
     }
     Some((requests?, errors))
-}
-
-/// Runs `cmd` pinned to `cpu` (as `taskset -c CPU ...` would) and returns its stdout;
-/// a failure, or a run longer than `limit` (then killed by its PID), is an error.
-fn run_pinned(cmd: &mut Command, cpu: usize, limit: Duration) -> Result<String, Error> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = pin::spawn_pinned(cmd, cpu)?;
-    let read = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_string(&mut text);
-            }
-            text
-        })
-    };
-    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
-    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{:?} ran over {limit:?}", cmd.get_program()).into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let (stdout, stderr) = (
-        stdout.join().unwrap_or_default(),
-        stderr.join().unwrap_or_default(),
-    );
-    if !status.success() {
-        return Err(format!(
-            "{:?} failed ({status}):\n{stdout}{stderr}",
-            cmd.get_program()
-        )
-        .into());
-    }
-    Ok(stdout)
 }
 
 /// `name` on the `PATH`, if it is there.

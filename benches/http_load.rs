@@ -27,9 +27,8 @@
 //! hypervisor stole. Latency percentiles are wrk's, for plain mode only: wrk's are
 //! wrong when pipelining.
 //!
-//! The binary doubles as the hyper peer: with `GRACERING_BENCH_ROLE=hyper-hello` it
-//! serves `Hello, World!` on `GRACERING_BENCH_ADDR` (default `127.0.0.1:0`) instead of
-//! benchmarking.
+//! The hyper peer is the `hyper-hello` binary of `benches/peers`, built on the way and
+//! run with `GRACERING_BENCH_PIPELINE_FLUSH=1` (hyper batches pipelined answers).
 
 mod support;
 
@@ -40,7 +39,9 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use support::settings::env_or;
-use support::{ServerProcess, build, hyper_hello, peer, procstat, stats};
+use support::stats;
+use testkit::process::ServerProcess;
+use testkit::{build, procstat};
 
 const SERVER_CPU: usize = 0;
 const LOAD_CPU: usize = 1;
@@ -53,8 +54,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time wrk gets beyond its own `-d`, before it is killed and the run fails.
 const WRK_SLACK: Duration = Duration::from_secs(30);
-/// The hyper peer exits by itself after this long, whatever happens to the benchmark.
-const PEER_LIFETIME: Duration = Duration::from_secs(3600);
 /// Requests per write in pipelined mode: the depth set in `benches/pipeline.lua`.
 const PIPELINE_DEPTH: usize = 16;
 /// What the targets ask of gracering against hyper: CPU per request at most this ratio.
@@ -66,11 +65,7 @@ type Error = Box<dyn std::error::Error>;
 
 fn main() -> ExitCode {
     // `cargo bench` passes arguments such as `--bench`: there is nothing to take from them.
-    let result = match env::var("GRACERING_BENCH_ROLE").as_deref() {
-        Ok(hyper_hello::ROLE) => hyper_hello::run(PEER_LIFETIME, true),
-        _ => bench(),
-    };
-    peer::exit_code("http_load", result)
+    support::exit_code("http_load", bench())
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -87,20 +82,21 @@ impl Server {
         }
     }
 
-    fn command(self, http_example: &Path) -> Result<Command, Error> {
-        Ok(match self {
+    /// The server's command line, given the `http` example and the `hyper-hello` peer.
+    fn command(self, http_example: &Path, hyper_peer: &Path) -> Command {
+        match self {
             Server::Gracering => {
                 let mut cmd = Command::new(http_example);
                 cmd.args(["--addr", "127.0.0.1:0", "--workers", "1"]);
                 cmd
             }
             Server::Hyper => {
-                let mut cmd = Command::new(env::current_exe()?);
-                cmd.env("GRACERING_BENCH_ROLE", hyper_hello::ROLE)
-                    .env("GRACERING_BENCH_ADDR", "127.0.0.1:0");
+                let mut cmd = Command::new(hyper_peer);
+                cmd.env("GRACERING_BENCH_ADDR", "127.0.0.1:0")
+                    .env("GRACERING_BENCH_PIPELINE_FLUSH", "1");
                 cmd
             }
-        })
+        }
     }
 }
 
@@ -182,13 +178,17 @@ fn bench() -> Result<(), Error> {
         println!("http_load: wrk not installed: skipping (Debian package `wrk`)");
         return Ok(());
     };
-    let script = build::manifest_dir().join("benches/pipeline.lua");
+    let script = build::workspace_dir().join("benches/pipeline.lua");
     let target = build::target_dir();
     let http_example = match s.servers.contains(&Server::Gracering) {
         true => build::build_example(
             "http",
             Some("set BENCH_SERVERS=hyper to measure the hyper peer alone"),
         )?,
+        false => PathBuf::new(),
+    };
+    let hyper_peer = match s.servers.contains(&Server::Hyper) {
+        true => build::build_peer("hyper-hello", None)?,
         false => PathBuf::new(),
     };
     let out_dir = target.join("http_load");
@@ -209,7 +209,7 @@ fn bench() -> Result<(), Error> {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); s.servers.len()];
         for run in 1..=s.runs {
             for (i, &server) in s.servers.iter().enumerate() {
-                let mut cmd = server.command(&http_example)?;
+                let mut cmd = server.command(&http_example, &hyper_peer);
                 let r = measure(&mut cmd, server, mode, &wrk, &script, &s)?;
                 let file = format!("{}-{}-{run}.txt", mode.name(), server.name());
                 std::fs::write(out_dir.join(file), &r.report)?;
@@ -361,15 +361,7 @@ fn measure(
 /// stdout; a failed or overlong run is an error.
 fn run_wrk(cmd: &mut Command, secs: u32) -> Result<String, Error> {
     let limit = Duration::from_secs(secs.into()) + WRK_SLACK;
-    let done = support::run_pinned(cmd, LOAD_CPU, limit)?;
-    if !done.status.success() {
-        return Err(format!(
-            "wrk failed ({}):\n{}{}",
-            done.status, done.stdout, done.stderr
-        )
-        .into());
-    }
-    Ok(done.stdout)
+    Ok(testkit::process::run_pinned(cmd, LOAD_CPU, limit)?.stdout_if_success("wrk")?)
 }
 
 /// CPU time (user + system) of all our children reaped so far, in seconds. The only

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use super::floor::Floor;
 use super::stats::{median, quantile, quantile_label};
-use super::{httpgen, idle};
+use testkit::{httpgen, idle};
 
 /// One server's drain in one run.
 #[derive(Clone, Debug, Default)]

@@ -2,7 +2,8 @@
 //! to a CPU, learn its address, signal it and time it until it exits.
 //!
 //! - **gracering**: `examples/http` (built by the caller), stopped with SIGTERM.
-//! - **hyper**: the calling bench binary re-executed in the [`hyper_drain`] role.
+//! - **hyper**: the `hyper-drain` peer of `benches/peers` (built by the caller),
+//!   stopped with SIGTERM.
 //! - **nginx** (SIGQUIT) and **go** (SIGTERM): from [`peers`], only where installed.
 //!
 //! Every stop is timed the same way: from just before the signal to the moment the
@@ -10,7 +11,6 @@
 //! interval adds to the figure. A server still running at the time limit is killed
 //! (by its PID, through [`ServerProcess`] or [`peers::PeerProcess`]).
 
-use std::env;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -19,7 +19,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::peers::{self, PeerProcess};
-use super::{ServerProcess, httpwire, hyper_drain, pidfd_open, wait_readable};
+use testkit::httpwire;
+use testkit::process::{ServerProcess, pidfd_open, wait_readable};
 
 /// Time a server gets to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,6 +64,8 @@ pub struct Spec<'a> {
     pub kind: Kind,
     /// gracering's `http` example binary.
     pub http_example: &'a Path,
+    /// The `hyper-drain` peer binary.
+    pub hyper_peer: &'a Path,
     /// gracering's workers.
     pub workers: usize,
     /// The grace period (gracering, hyper and go; nginx has none configured).
@@ -108,13 +111,11 @@ pub fn start(spec: &Spec<'_>) -> io::Result<Option<Running>> {
             own(cmd)
         }
         Kind::Hyper => {
-            let mut cmd = Command::new(env::current_exe()?);
-            cmd.env(super::floor::ROLE_VAR, hyper_drain::ROLE)
-                .env("GRACERING_BENCH_ADDR", "127.0.0.1:0")
-                .env(
-                    "GRACERING_BENCH_GRACE_MS",
-                    spec.grace.as_millis().to_string(),
-                );
+            let mut cmd = Command::new(spec.hyper_peer);
+            cmd.env("GRACERING_BENCH_ADDR", "127.0.0.1:0").env(
+                "GRACERING_BENCH_GRACE_MS",
+                spec.grace.as_millis().to_string(),
+            );
             own(cmd)
         }
         Kind::Nginx => Ok(peers::nginx(spec.cpu)?.map(Running::Peer)),

@@ -15,7 +15,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{idle, procstat, run_pinned};
+use testkit::json::json_number;
+use testkit::process::run_pinned;
+use testkit::{idle, procstat};
 
 /// The environment variable naming a re-executed bench binary's role.
 pub const ROLE_VAR: &str = "GRACERING_BENCH_ROLE";
@@ -147,13 +149,4 @@ fn open_pair(
     server.write_all(&buf)?;
     client.read_exact(&mut buf)?;
     Ok((client, server))
-}
-
-/// The number after `"key":` in a flat JSON text (the first occurrence); None for
-/// `null` or a missing key.
-pub fn json_number(text: &str, key: &str) -> Option<f64> {
-    let start = text.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let rest = &text[start..];
-    let end = rest.find([',', '}', ']']).unwrap_or(rest.len());
-    rest[..end].trim().parse().ok()
 }

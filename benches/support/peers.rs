@@ -20,21 +20,18 @@
 //! [`start`] runs any other server the same way (pinned, killed with us, a graceful stop
 //! by a chosen signal), given a command that prints its address on stdout.
 //!
-//! Only `pin` (`benches/support/pin.rs`) is needed beside this file, at the level above
-//! it: `support::peers` finds `support::pin`, and a bench that includes this file alone
-//! with `#[path = "support/peers.rs"] mod peers;` declares `pin` the same way.
+//! Spawning, address parsing and /proc readings are `testkit`'s, as for every child.
 
 use std::env;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::build::{manifest_dir, target_dir};
-use super::pin;
+use testkit::build::{target_dir, workspace_dir};
+use testkit::process::{self, Launch, signal};
+use testkit::procstat::process_tree;
 
 /// Time a peer gets to come up and answer its first request.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -148,7 +145,7 @@ pub fn nginx(cpu: usize) -> io::Result<Option<PeerProcess>> {
     let dir = target_dir().join(format!("peers/nginx-run/{port}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let template = std::fs::read_to_string(manifest_dir().join("benches/peers/nginx.conf.in"))?;
+    let template = std::fs::read_to_string(workspace_dir().join("benches/peers/nginx.conf.in"))?;
     let dir_text = dir
         .to_str()
         .ok_or_else(|| io::Error::other("non-UTF-8 path"))?;
@@ -167,7 +164,7 @@ pub fn nginx(cpu: usize) -> io::Result<Option<PeerProcess>> {
         .arg(dir.join("error.log"))
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    let child = spawn(&mut cmd, cpu)?;
+    let child = process::spawn(&mut cmd, &Launch::pinned(cpu))?;
     let mut peer = PeerProcess {
         name: "nginx",
         child: Some(child),
@@ -201,49 +198,27 @@ pub fn go_with_grace(cpu: usize, grace: Duration) -> io::Result<Option<PeerProce
 }
 
 /// Spawns `cmd` pinned to `cpu` and waits up to 30 s for a line on its stdout holding
-/// its address (see [`parse_addr`]); the rest of its stdout is read and dropped by a
-/// helper thread. [`PeerProcess::stop_graceful`] will send `stop_signal`. Use a fresh
-/// `Command` for each start (this adds pre-exec hooks to it).
+/// its address (see [`process::spawn_server`]). [`PeerProcess::stop_graceful`] will send
+/// `stop_signal`. Use a fresh `Command` for each start (this adds pre-exec hooks to it).
 pub fn start(
     name: &'static str,
     cmd: &mut Command,
     cpu: usize,
     stop_signal: libc::c_int,
 ) -> io::Result<PeerProcess> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-    let mut child = spawn(cmd, cpu)?;
-    let stdout = child.stdout.take().expect("stdout was piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(addr) = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| parse_addr(&l))
-        {
-            let _ = tx.send(addr);
-        }
-        // Read on to EOF so the server never blocks on a full pipe.
-        lines.for_each(drop);
-    });
-    let mut peer = PeerProcess {
+    let launch = Launch {
+        timeout: START_TIMEOUT,
+        ..Launch::pinned(cpu)
+    };
+    let spawned = process::spawn_server(cmd, &launch)
+        .map_err(|e| io::Error::other(format!("{name}: {e}")))?;
+    Ok(PeerProcess {
         name,
-        child: Some(child),
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        child: Some(spawned.child),
+        addr: spawned.addr,
         stop_signal,
         run_dir: None,
-    };
-    peer.addr = rx
-        .recv_timeout(START_TIMEOUT)
-        .map_err(|_| io::Error::other(format!("{name} printed no address in time")))?;
-    Ok(peer)
-}
-
-/// The first whitespace-separated token of `line` that is an `IP:PORT` address, with
-/// trailing commas ignored: `go-hello: listening on 127.0.0.1:40123` gives the address.
-pub fn parse_addr(line: &str) -> Option<SocketAddr> {
-    line.split_whitespace()
-        .find_map(|token| token.trim_end_matches(',').parse().ok())
+    })
 }
 
 /// Builds `benches/peers/go` into `target/peers/go-hello`; `None` if Go is missing.
@@ -258,7 +233,7 @@ fn build_go() -> io::Result<Option<PathBuf>> {
     cmd.args(["build", "-o"])
         .arg(&out)
         .arg(".")
-        .current_dir(manifest_dir().join("benches/peers/go"))
+        .current_dir(workspace_dir().join("benches/peers/go"))
         .env("GOCACHE", peers.join("go-cache"))
         .env("GOPATH", peers.join("go-path"))
         .env("GOFLAGS", "")
@@ -294,66 +269,6 @@ fn build_go() -> io::Result<Option<PathBuf>> {
         )));
     }
     Ok(Some(out))
-}
-
-/// `pid` and all its descendants, found through the parent PIDs in `/proc/*/stat`.
-pub fn process_tree(pid: u32) -> Vec<u32> {
-    let mut parents = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(p) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Some(ppid) = std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| parent_pid(&s))
-            {
-                parents.push((p, ppid));
-            }
-        }
-    }
-    let mut tree = vec![pid];
-    let mut i = 0;
-    // Each pass adds the children of one member; the tree cannot outgrow the table.
-    while i < tree.len() && tree.len() <= parents.len() + 1 {
-        let parent = tree[i];
-        tree.extend(
-            parents
-                .iter()
-                .filter(|&&(_, pp)| pp == parent)
-                .map(|&(p, _)| p),
-        );
-        i += 1;
-    }
-    tree
-}
-
-/// Field 4 (ppid) of a `/proc/PID/stat` line, counted from after the last ')'.
-fn parent_pid(stat: &str) -> Option<u32> {
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// Spawns `cmd` pinned to `cpu`, to die with the spawning thread.
-fn spawn(cmd: &mut Command, cpu: usize) -> io::Result<Child> {
-    // SAFETY: runs in the forked child before `exec`; `prctl` is a single system call
-    // with integer arguments, async-signal-safe, and `last_os_error` only reads `errno`.
-    unsafe {
-        cmd.pre_exec(
-            || match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
-                0 => Ok(()),
-                _ => Err(io::Error::last_os_error()),
-            },
-        )
-    };
-    pin::spawn_pinned(cmd, cpu)
 }
 
 /// Waits until `GET /` on the peer answers 200, or fails if the peer exits first or
@@ -399,14 +314,6 @@ fn kill_tree(child: &mut Child) -> io::Result<ExitStatus> {
     }
     let _ = child.kill();
     child.wait()
-}
-
-fn signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
-    // SAFETY: `kill` takes plain integers; the PID is our child's or its descendant's.
-    match unsafe { libc::kill(pid as libc::pid_t, sig) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
 }
 
 /// A 127.0.0.1 port free a moment ago (bound to port 0, then released).

@@ -1,13 +1,19 @@
 //! Shared helpers for the end-to-end tests: child servers, /proc readings, a small RNG.
+//!
+//! The child-process launching, address parsing and /proc readings are the
+//! workspace's `testkit` crate (shared with the benchmarks); this module gives them the
+//! panicking, test-shaped signatures the tests call.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use testkit::process::{self, Launch};
 
 /// A server running as a child process; killed (by its PID) when dropped.
 pub struct ChildServer {
@@ -28,23 +34,17 @@ impl ChildServer {
 
     /// Waits until a stderr line contains `needle`.
     pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if self.stderr_lines().iter().any(|l| l.contains(needle)) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
+        wait_until(timeout, || {
+            self.stderr_lines().iter().any(|l| l.contains(needle))
+        })
     }
 }
 
 impl ChildServer {
     /// Sends a signal to this child (by its PID).
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill has no memory-safety preconditions; the PID is our own child's.
-        let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+        let pid = self.child.id();
+        process::signal(pid, sig).unwrap_or_else(|e| panic!("kill({pid}, {sig}): {e}"));
     }
 
     /// Waits for the child to exit, polling every millisecond; returns its exit code and
@@ -80,15 +80,8 @@ impl ChildServer {
 
 /// The number after `"key":` in a JSON line (first occurrence).
 pub fn json_number(line: &str, key: &str) -> f64 {
-    let pat = format!("\"{key}\":");
-    let at = line
-        .find(&pat)
-        .unwrap_or_else(|| panic!("{key} not in {line}"))
-        + pat.len();
-    let end = line[at..].find([',', '}']).unwrap() + at;
-    line[at..end]
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} is not a number in {line}"))
+    testkit::json::json_number(line, key)
+        .unwrap_or_else(|| panic!("{key} is not a number in {line}"))
 }
 
 impl Drop for ChildServer {
@@ -101,21 +94,7 @@ impl Drop for ChildServer {
 /// The path of an example binary built by this `cargo test` run (building it if a
 /// filtered run skipped it).
 pub fn example_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = profile_dir.join("examples").join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building example {name} failed");
-    }
-    path
+    testkit::build::example_path(name)
 }
 
 /// Starts an example server with `args` (plus `--addr 127.0.0.1:0` unless given) and
@@ -129,38 +108,14 @@ pub fn spawn_example(
     if !args.contains(&"--addr") {
         cmd.args(["--addr", "127.0.0.1:0"]);
     }
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args);
     configure(&mut cmd);
-    let mut child = cmd.spawn().expect("spawn example");
-    let stderr = Arc::new(Mutex::new(Vec::new()));
-    let sink = stderr.clone();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).expect("read the address line");
-    let addr = parse_addr(&line).unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!(
-            "no address in {line:?}; stderr: {:?}",
-            stderr.lock().unwrap()
-        )
-    });
-    std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = out.read_to_string(&mut rest);
-    });
+    let spawned = process::spawn_server(&mut cmd, &Launch::capturing())
+        .unwrap_or_else(|e| panic!("example {name}: {e}"));
     ChildServer {
-        child,
-        addr,
-        stderr,
+        child: spawned.child,
+        addr: spawned.addr,
+        stderr: spawned.stderr.expect("stderr is captured").shared(),
     }
 }
 
@@ -169,38 +124,20 @@ pub fn spawn_echo(args: &[&str]) -> ChildServer {
     spawn_example("echo", args, |_| {})
 }
 
-/// The first `IP:PORT` after "on " in a line such as
+/// The first `IP:PORT` in a line such as
 /// `gracering echo: listening on 127.0.0.1:7000, workers=2, backend=io_uring`.
 pub fn parse_addr(line: &str) -> Option<SocketAddr> {
-    let rest = line.split("on ").nth(1)?;
-    rest.split(|c: char| c == ',' || c.is_whitespace())
-        .next()?
-        .parse()
-        .ok()
+    process::parse_addr(line)
 }
 
 /// CPU time (user + system) a process has used, summed over its threads, in seconds.
 pub fn cpu_seconds(pid: i32) -> f64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let mut ticks = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("read tasks") {
-        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the ") " split.
-        ticks += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    }
-    ticks as f64 / ticks_per_s
+    testkit::procstat::cpu_seconds(pid as u32).expect("read the process's CPU time")
 }
 
 /// How many descriptors a process has open.
 pub fn open_fds(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read fds")
-        .count()
+    testkit::procstat::open_fds(pid as u32).expect("read fds")
 }
 
 /// The server's descriptor count once it is serving and quiet: after one echo round

@@ -1,9 +1,9 @@
-//! The dev-only hyper peer of the HTTP drain benchmark: hyper 1.x on a tokio
-//! current-thread runtime, drained on SIGTERM the way hyper-util's `GracefulShutdown`
-//! does it: a watch channel tells every connection task to call hyper's
-//! `Connection::graceful_shutdown`, then the server waits for every task to end.
-//! (hyper-util's type itself needs its `http1` feature, which the dev-dependency does
-//! not enable; the mechanism is the same few lines.)
+//! The hyper peer of the HTTP drain benchmark: hyper 1.x on a tokio current-thread
+//! runtime, drained on SIGTERM the way hyper-util's `GracefulShutdown` does it: a watch
+//! channel tells every connection task to call hyper's `Connection::graceful_shutdown`,
+//! then the server waits for every task to end. (hyper-util's type itself needs its
+//! `http1` feature, which this crate does not enable; the mechanism is the same few
+//! lines.)
 //!
 //! Routes as gracering's `http` example: `GET /` answers `Hello, World!`, `GET
 //! /slow?ms=N` answers `slow` after N ms (a tokio sleep, so the thread stays free).
@@ -16,82 +16,48 @@
 //! `hyper-drain: listening on IP:PORT` on stdout.
 
 use std::convert::Infallible;
-use std::io;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+use gracering_peers::{
+    Error, accept_until_sigterm, env_ms, listen_addr, run_peer, sigterm_fd, text,
+};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
-use super::peer::{run_peer, sigterm_fd};
-
-/// The role name (`GRACERING_BENCH_ROLE`) that runs [`run`].
-pub const ROLE: &str = "hyper-drain";
 /// The peer exits by itself after this long, whatever happens to the benchmark.
 const LIFETIME: Duration = Duration::from_secs(600);
 /// Exit code when the grace period ran out, as gracering's examples use.
 const EXIT_CUT: i32 = 3;
 
-type Error = Box<dyn std::error::Error>;
-
 /// Serves until SIGTERM, drains, and exits the process (see the module docs).
-pub fn run() -> Result<(), Error> {
-    let addr = std::env::var("GRACERING_BENCH_ADDR").unwrap_or("127.0.0.1:0".into());
-    let grace_ms = std::env::var("GRACERING_BENCH_GRACE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000);
+fn main() -> Result<(), Error> {
+    let grace = env_ms("GRACERING_BENCH_GRACE_MS", 5000)?;
     // Before any thread starts, so that no thread can take SIGTERM's default action.
     let signals = sigterm_fd()?;
-    // Normally stopped by the benchmark (or killed with it, by PR_SET_PDEATHSIG).
-    let grace = Duration::from_millis(grace_ms);
-    // The runtime is dropped when this returns, with whatever connection tasks are
-    // left: they are closed.
-    let code = run_peer(LIFETIME, 1, serve(&addr, signals, grace))??;
+    // Normally stopped by the benchmark (or killed with it, by PR_SET_PDEATHSIG). The
+    // runtime is dropped when this returns, with whatever connection tasks are left:
+    // they are closed.
+    let code = run_peer(LIFETIME, 1, serve(&listen_addr(), signals, grace))??;
     std::process::exit(code);
 }
 
 /// Serves until SIGTERM, then drains; returns the exit code.
 async fn serve(addr: &str, signals: OwnedFd, grace: Duration) -> Result<i32, Error> {
     let listener = TcpListener::bind(addr).await?;
-    // SAFETY: an `OwnedFd` keeps its descriptor open, and `as_raw_fd` returns that
-    // same descriptor, for as long as the `AsyncFd` owns it.
-    let signals = unsafe { AsyncFd::register_with_interest(signals, Interest::READABLE) }
-        .map_err(io::Error::from)?;
     // Rust's stdout is line-buffered: the line leaves at once.
     println!("hyper-drain: listening on {}", listener.local_addr()?);
     let (stop, stopped) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    loop {
-        tokio::select! {
-            biased;
-            ready = signals.readable() => {
-                // The signal is left unread: the process is on its way out.
-                ready?.retain_ready();
-                break;
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    if stream.set_nodelay(true).is_err() {
-                        continue;
-                    }
-                    tasks.spawn(connection(stream, stopped.clone()));
-                }
-                Err(e) => eprintln!("hyper-drain: accept: {e}"),
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-        }
-    }
+    let mut tasks = accept_until_sigterm(&listener, signals, "hyper-drain", |stream| {
+        connection(stream, stopped.clone())
+    })
+    .await?;
     let began = Instant::now();
     drop(listener);
     let connections = tasks.len();
@@ -123,22 +89,17 @@ async fn connection(stream: TcpStream, mut stop: watch::Receiver<bool>) {
 
 async fn route(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
-    let (status, body) = match req.uri().path() {
-        "/" if get => (StatusCode::OK, "Hello, World!"),
+    Ok(match req.uri().path() {
+        "/" if get => text(StatusCode::OK, "Hello, World!"),
         "/slow" if get => match slow_ms(req.uri().query()) {
             Some(ms) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                (StatusCode::OK, "slow")
+                text(StatusCode::OK, "slow")
             }
-            None => (StatusCode::BAD_REQUEST, "bad ms"),
+            None => text(StatusCode::BAD_REQUEST, "bad ms"),
         },
-        _ => (StatusCode::NOT_FOUND, "not found"),
-    };
-    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *res.status_mut() = status;
-    res.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    Ok(res)
+        _ => text(StatusCode::NOT_FOUND, "not found"),
+    })
 }
 
 /// The `ms=N` of a query string.

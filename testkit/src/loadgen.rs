@@ -29,8 +29,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::epoll::Epoll;
-use super::{pin, procstat};
+use crate::epoll::Epoll;
+use crate::{pin, procstat};
 
 /// How often connections are checked for replies that take too long.
 const SCAN_EVERY: Duration = Duration::from_millis(100);

@@ -1,4 +1,5 @@
-//! CPU time used by another process, read from `/proc`.
+//! What `/proc` tells about another process: its CPU time, its open descriptors, its
+//! descendants.
 //!
 //! A load generator on one core saturates before a fast server does, so messages per
 //! second alone cannot rank two servers. What can is the server's CPU time per
@@ -12,6 +13,8 @@
 //! client was the bottleneck (near 100% of its core) or something else was.
 //! [`cpu_nanos`] is the precise count, for steps too short for clock ticks.
 //! [`system_cpu`] is the machine-wide total, to see what else ran during a window.
+//! [`open_fds`] counts a process's descriptors (the tests' leak checks), and
+//! [`process_tree`] finds its descendants (nginx's worker under its master).
 
 use std::fs;
 use std::io;
@@ -130,4 +133,54 @@ pub fn system_cpu() -> io::Result<SystemCpu> {
         busy: (field(0) + field(1) + field(2) + field(5) + field(6)) as f64 / per_second,
         steal: field(7) as f64 / per_second,
     })
+}
+
+/// How many descriptors `pid` has open.
+pub fn open_fds(pid: u32) -> io::Result<usize> {
+    Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// `pid` and all its descendants, found through the parent PIDs in `/proc/*/stat`.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| parent_pid(&s))
+            {
+                parents.push((p, ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    // Each pass adds the children of one member; the tree cannot outgrow the table.
+    while i < tree.len() && tree.len() <= parents.len() + 1 {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|&&(_, pp)| pp == parent)
+                .map(|&(p, _)| p),
+        );
+        i += 1;
+    }
+    tree
+}
+
+/// Field 4 (ppid) of a `/proc/PID/stat` line, counted from after the last ')'.
+fn parent_pid(stat: &str) -> Option<u32> {
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }

@@ -24,8 +24,8 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::epoll::Epoll;
-use super::pin;
+use crate::epoll::Epoll;
+use crate::pin;
 
 /// Events taken from the kernel per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 256;

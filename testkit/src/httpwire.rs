@@ -114,7 +114,7 @@ pub fn get(stream: &mut TcpStream, path: &str, deadline: Instant) -> io::Result<
 
 /// Idle keep-alive connections, each opened by one successful `GET path`.
 pub struct IdleSet {
-    /// Non-blocking, ready to hand to [`super::idle::hold`].
+    /// Non-blocking, ready to hand to [`crate::idle::hold`].
     pub streams: Vec<TcpStream>,
     /// Connections that failed to open, or whose request failed, was not 2xx or was
     /// answered with `Connection: close`.

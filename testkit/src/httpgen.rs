@@ -2,7 +2,7 @@
 //!
 //! Each of `conns` connection slots runs a closed loop on one keep-alive connection:
 //! send `GET path`, wait until the whole response is back (framed by
-//! `Content-Length`, see [`super::httpwire`]), send the next. One thread drives all
+//! `Content-Length`, see [`crate::httpwire`]), send the next. One thread drives all
 //! slots from one level-triggered epoll set.
 //!
 //! Whenever a slot's connection ends (the response said `Connection: close`, the server
@@ -25,9 +25,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::epoll::Epoll;
-use super::httpwire::{self, MAX_RESPONSE, Parsed};
-use super::pin;
+use crate::epoll::Epoll;
+use crate::httpwire::{self, MAX_RESPONSE, Parsed};
+use crate::pin;
 
 /// How often slots are checked for responses that take too long.
 const SCAN_EVERY: Duration = Duration::from_millis(50);
