@@ -10,6 +10,8 @@ use gracering::{Builder, Report};
 
 /// Exit code when the drain had to cut connections (grace deadline or second signal).
 pub const EXIT_ABORTED: u8 = 3;
+/// Exit code when a worker failed or a handler panicked (the report says which).
+pub const EXIT_FAILED: u8 = 4;
 
 /// The flags every example server takes.
 #[derive(Debug, Default)]
@@ -90,12 +92,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Prints the drain report as one JSON line on stderr and maps it to the exit code:
-/// 0 after a clean drain, [`EXIT_ABORTED`] when connections had to be cut.
+/// 0 after a clean drain, [`EXIT_FAILED`] when a worker failed or a handler panicked,
+/// else [`EXIT_ABORTED`] when connections had to be cut.
 pub fn finish(report: &Report) -> ExitCode {
     eprintln!("{}", report.to_json());
-    if report.is_clean() {
-        ExitCode::SUCCESS
-    } else {
+    if report.failed_workers() > 0 || report.panics() > 0 {
+        ExitCode::from(EXIT_FAILED)
+    } else if report.aborted() > 0 {
         ExitCode::from(EXIT_ABORTED)
+    } else {
+        ExitCode::SUCCESS
     }
 }
