@@ -498,3 +498,44 @@ impl<H: Handler> Sim<H> {
         10_000
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::Conn;
+
+    /// Keeps every connection open through the drain (never closes on its own).
+    struct Stubborn;
+    impl Handler for Stubborn {
+        type State = ();
+        fn on_open(&mut self, _: &mut Conn<'_>) {}
+        fn on_data(&mut self, _: &mut (), _: &mut Conn<'_>, data: &[u8]) -> usize {
+            data.len()
+        }
+        fn on_drain(&mut self, _: &mut (), _: &mut Conn<'_>) {}
+    }
+
+    /// The drain's clock is the simulation's: the grace deadline falls exactly where the
+    /// virtual clock says, however long the test itself takes.
+    #[test]
+    fn the_grace_deadline_is_on_the_virtual_clock() {
+        let grace = Duration::from_secs(2);
+        let builder = Builder::new().grace_period(grace);
+        let mut sim = Sim::with_config(Stubborn, &builder);
+        let peer = sim.connect();
+        sim.run_until_idle();
+        sim.advance(Duration::from_secs(3600)); // an hour of uptime before the signal
+        sim.signal(libc::SIGTERM);
+        sim.run_until_idle();
+        sim.advance(grace - Duration::from_millis(1));
+        sim.run_until_idle();
+        assert!(!sim.is_closed(peer), "cut before the grace deadline");
+        assert_eq!(sim.drain_report().aborted, 0);
+        sim.advance(Duration::from_millis(1));
+        sim.run_until_idle();
+        assert!(sim.is_closed(peer) && sim.is_done());
+        assert_eq!(sim.drain_report().aborted, 1);
+        let took = sim.drain_report().finished_after.unwrap();
+        assert_eq!(took, grace, "the report's times are virtual too");
+    }
+}
