@@ -9,6 +9,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod observe;
+pub mod serial;
+pub mod skip;
+
 /// A server running as a child process; killed (by its PID) when dropped.
 pub struct ChildServer {
     pub child: std::process::Child,
