@@ -7,7 +7,8 @@
 //! harness's capture, right under its `test result:` line:
 //!
 //! ```text
-//! SKIPPED 1 test in echo: ipv6_loopback_serves_too: IPv6 loopback unavailable (...)
+//! SKIPPED 1 test in echo:
+//!   SKIP: ipv6_loopback_serves_too: no IPv6 loopback: cannot bind [::1]:0: ...
 //! ```
 
 use std::fmt::Display;
@@ -30,6 +31,18 @@ pub enum Need {
     Root,
 }
 
+impl Need {
+    fn what(self) -> &'static str {
+        match self {
+            Need::Ipv6Loopback => "IPv6 loopback",
+            Need::Curl => "curl",
+            Need::IoUring => "io_uring",
+            Need::Seccomp => "seccomp filters",
+            Need::Root => "root",
+        }
+    }
+}
+
 /// Whether this run is CI's (`CI=true`, as CI services set it).
 pub fn on_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -40,10 +53,11 @@ static SKIPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Records that `test` skips its check because `need` is missing (`why`). Under
 /// `CI=true` it panics instead: CI's machine must have it. The caller returns at once.
 pub fn skip(test: &str, need: Need, why: impl Display) {
-    let line = format!("{test}: {need:?} missing: {why}");
+    let line = format!("{test}: no {}: {why}", need.what());
     assert!(
         !on_ci(),
-        "{line}; CI=true, and CI's machine must have {need:?}"
+        "{line} (CI=true: CI's machine must have {})",
+        need.what()
     );
     println!("SKIP: {line}");
     static AT_EXIT: Once = Once::new();
