@@ -276,6 +276,8 @@ fn resources_are_torn_down_in_reverse_order_after_each_workers_last_connection()
         read_to_eof(&mut s).unwrap();
     }
     assert_eq!(server.wait_exit(Duration::from_secs(10)).0, Some(0));
+    // The report is the server's last line: once it is read, so is the rest.
+    server.drain_report();
     let lines = server.stderr_lines();
     for w in 0..2 {
         let at = |needle: &str| {
