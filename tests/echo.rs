@@ -10,6 +10,8 @@ use std::thread;
 use std::time::Duration;
 
 use gracering::{Conn, Handler, Server};
+use support::serial::serial;
+use support::skip::{Need, skip};
 use support::*;
 
 const CONNS: usize = 500;
@@ -39,6 +41,7 @@ fn echo_exchange(mut stream: TcpStream, payload: Vec<u8>) -> Result<(), String> 
 
 #[test]
 fn five_hundred_concurrent_connections_echo_random_payloads_byte_for_byte() {
+    let _serial = serial(); // it loads both cores: not beside a timing test
     let server = spawn_echo(&["--workers", "2"]);
     let mut rng = Rng::new(0x5eed);
     let mut sizes: Vec<usize> = (0..CONNS).map(|_| rng.log_size(MAX_PAYLOAD)).collect();
@@ -125,8 +128,8 @@ fn ipv6_loopback_serves_too() {
     {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("NOTICE: IPv6 loopback unavailable on this host ({e}); IPv6 not tested");
-            return;
+            let why = format!("cannot bind [::1]:0: {e}");
+            return skip("ipv6_loopback_serves_too", Need::Ipv6Loopback, why);
         }
     };
     let addr = server.local_addr();

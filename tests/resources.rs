@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
+use support::serial::serial;
 use support::*;
 
 const NOFILE: u64 = 64;
@@ -66,14 +67,16 @@ fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
         server.stderr_lines()
     );
 
-    // Two seconds out of descriptors, with connections waiting: no spinning.
+    // Two seconds out of descriptors, with connections waiting: no spinning. This is
+    // an observation window (spinning is a rate), not a wait for something to happen.
     let cpu0 = cpu_seconds(server.pid());
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
     let cpu = cpu_seconds(server.pid()) - cpu0;
+    let exhausted = t0.elapsed();
     eprintln!(
         "CPU while exhausted: {cpu:.3} s over {:.2} s",
-        t0.elapsed().as_secs_f64()
+        exhausted.as_secs_f64()
     );
     assert!(
         cpu < 0.2,
@@ -89,12 +92,29 @@ fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
         );
     }
     assert!(server.wait_for_stderr("accepting again", Duration::from_secs(2)));
+    // The back-off doubles from 5 ms to 500 ms: about ten retries in those two seconds.
+    // A server retrying at once would count thousands.
+    let backoffs: u64 = server
+        .stderr_lines()
+        .iter()
+        .find_map(|l| {
+            l.split("accepting again after ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no back-off count: {:?}", server.stderr_lines()));
+    let bound = 20 + exhausted.as_millis() as u64 / 100;
+    assert!(backoffs <= bound, "{backoffs} back-offs in {exhausted:?}");
     let mut fresh = connect(server.addr);
     assert_eq!(round_trip(&mut fresh, b"fresh").unwrap(), b"fresh");
 }
 
 #[test]
 fn ten_thousand_connect_close_cycles_leak_no_descriptor() {
+    let _serial = serial(); // it loads both cores: not beside a timing test
     let server = spawn_echo(&["--workers", "2"]);
     let baseline = settled_fds(&server);
     for i in 0..10_000u32 {

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use testkit::process::{self, Launch};
 
+pub mod observe;
+pub mod serial;
+pub mod skip;
+
 /// A server running as a child process; killed (by its PID) when dropped.
 pub struct ChildServer {
     pub child: std::process::Child,
