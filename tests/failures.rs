@@ -266,7 +266,14 @@ fn worker_fault(test: &str, fault: Fault, says: &str) {
         for s in &mut conns {
             expect_end(s, "a connection of the failed or the draining worker");
         }
+        let handle = server.handle.clone();
         let report = server.finish();
+        assert_eq!(
+            handle.live_connections(),
+            0,
+            "{backend}: none counted as live"
+        );
+        drop(handle); // it holds the workers' eventfds
         let json = report.to_json();
         let failure = report.workers[0].failure.as_deref().unwrap_or_default();
         assert!(failure.contains(says), "{backend}: {json}");

@@ -234,7 +234,7 @@ impl<H: Handler> Engine<H> {
                     if let Err(note) = outcome {
                         contain(
                             c,
-                            note,
+                            *note,
                             &mut self.stats,
                             &mut self.notes,
                             q,
@@ -371,7 +371,7 @@ impl<H: Handler> Engine<H> {
             Ok(opened) => *state = Some(opened),
             Err(note) => contain(
                 c,
-                note,
+                *note,
                 &mut self.stats,
                 &mut self.notes,
                 q,
@@ -452,7 +452,7 @@ impl<H: Handler> Engine<H> {
         if let Err(note) = fed {
             contain(
                 c,
-                note,
+                *note,
                 &mut self.stats,
                 &mut self.notes,
                 q,
@@ -548,7 +548,7 @@ impl<H: Handler> Engine<H> {
             let closed = guarded(Callback::Close, || self.handler.on_close(state, reason));
             if let Err(note) = closed {
                 self.stats.handler_panics += 1;
-                self.notes.push(note);
+                self.notes.push(*note);
             }
         }
         self.check_drained(q);
@@ -560,6 +560,16 @@ impl<H: Handler> Engine<H> {
             CloseReason::Shutdown
         } else {
             CloseReason::Handler
+        }
+    }
+}
+
+impl<H: Handler> Drop for Engine<H> {
+    /// An engine dropped with connections open belongs to a worker that failed (its
+    /// backend closes their descriptors): they no longer count as live for the server.
+    fn drop(&mut self) {
+        for _ in 0..self.conns.len() {
+            self.shared.closed();
         }
     }
 }
@@ -618,7 +628,7 @@ fn feed<H: Handler>(
     pool: &mut BufPool,
     (worker, draining, now): (usize, bool, Instant),
     data: &[u8],
-) -> Result<(), Note> {
+) -> Result<(), Box<Note>> {
     if c.pending.is_empty() {
         let used = deliver(handler, c, pool, worker, draining, now, data)?;
         if used < data.len() && c.close_requested != CloseRequest::AfterFlush {
@@ -656,7 +666,7 @@ fn deliver<H: Handler>(
     draining: bool,
     now: Instant,
     data: &[u8],
-) -> Result<usize, Note> {
+) -> Result<usize, Box<Note>> {
     let mut used = 0;
     while used < data.len() && c.close_requested != CloseRequest::AfterFlush {
         let (mut conn, state) = c.view(worker, draining, now, pool);
@@ -674,12 +684,20 @@ fn deliver<H: Handler>(
     Ok(used)
 }
 
-/// Runs one handler callback, turning a panic into the note that reports it.
-#[inline]
-fn guarded<R>(callback: Callback, f: impl FnOnce() -> R) -> Result<R, Note> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| Note::HandlerPanic {
+/// Runs one handler callback, turning a panic into the note that reports it (boxed,
+/// so that the result of a callback that returned stays small enough for registers).
+#[inline(always)]
+fn guarded<R>(callback: Callback, f: impl FnOnce() -> R) -> Result<R, Box<Note>> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| panicked(callback, &*payload))
+}
+
+/// The note of a callback's panic (out of line: the path that returns stays short).
+#[cold]
+#[inline(never)]
+fn panicked(callback: Callback, payload: &(dyn std::any::Any + Send)) -> Box<Note> {
+    Box::new(Note::HandlerPanic {
         callback,
-        message: panic_message(&*payload),
+        message: panic_message(payload),
     })
 }
 

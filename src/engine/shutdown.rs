@@ -181,7 +181,7 @@ impl<H: Handler> Engine<H> {
             {
                 contain(
                     c,
-                    note,
+                    *note,
                     &mut self.stats,
                     &mut self.notes,
                     q,
