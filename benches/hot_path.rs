@@ -66,6 +66,7 @@ struct Echo;
 
 impl Handler for Echo {
     type State = ();
+    type Message = ();
     fn on_open(&mut self, _: &mut Conn<'_>) {}
     fn on_data(&mut self, _: &mut (), conn: &mut Conn<'_>, data: &[u8]) -> usize {
         conn.write(data);
@@ -91,6 +92,7 @@ fn sim_round_trip(c: &mut Criterion) {
 struct Hello;
 
 impl Service for Hello {
+    type Message = ();
     fn call(&mut self, req: &Request<'_>, res: &mut Response<'_>) {
         match req.path() {
             "/" => res.text(Status::OK, "Hello, World!"),

@@ -30,6 +30,7 @@ struct Echo;
 
 impl Handler for Echo {
     type State = ();
+    type Message = ();
 
     fn on_open(&mut self, _conn: &mut Conn<'_>) {}
 

@@ -30,6 +30,7 @@ use gracering::http::{Http, HttpConfig, Request, Response, Service, Status};
 struct Hello;
 
 impl Service for Hello {
+    type Message = ();
     fn call(&mut self, req: &Request<'_>, res: &mut Response<'_>) {
         let get = matches!(req.method(), "GET" | "HEAD");
         match req.path() {
@@ -47,7 +48,7 @@ impl Service for Hello {
         }
     }
 
-    fn resume(&mut self, _ms: u64, res: &mut Response<'_>) {
+    fn resume_timer(&mut self, _ms: u64, res: &mut Response<'_>) {
         res.text(Status::OK, "slow");
     }
 }

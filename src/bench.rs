@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::contract::{ConnRef, Driver, Event, Intents, OutBuf};
 use crate::engine::Engine;
 use crate::handler::{Conn, Handler, Worker};
+use crate::mailbox;
 use crate::shared::Shared;
 use crate::sys::token::{Kind, decode, encode};
 use crate::sys::uring::UnregisteredBufRing;
@@ -54,6 +55,7 @@ pub struct Echo;
 
 impl Handler for Echo {
     type State = ();
+    type Message = ();
     fn on_open(&mut self, _: &mut Conn<'_>) {}
     fn on_data(&mut self, _: &mut (), conn: &mut Conn<'_>, data: &[u8]) -> usize {
         conn.write(data);
@@ -81,6 +83,7 @@ impl Intents for Parked {
     fn close(&mut self, _conn: ConnRef, _fd: RawFd) {}
     fn cancel_accept(&mut self) {}
     fn wake_workers(&mut self) {}
+    fn wake_worker(&mut self, _index: usize) {}
     fn shutdown_write_now(&mut self, _conn: ConnRef, _fd: RawFd) {}
     fn shutdown_both_now(&mut self, _conn: ConnRef, _fd: RawFd) {}
     fn close_listener_now(&mut self, _backlog: &mut Vec<RawFd>) -> Option<i32> {
@@ -159,13 +162,10 @@ impl<H: Handler> BenchEngine<H> {
     pub fn with_handler(handler: H, conns: usize) -> BenchEngine<H> {
         let now = Instant::now();
         let config = Config::default();
-        let engine = Engine::new(
-            handler,
-            Worker::new(0),
-            &config,
-            Shared::without_wakers(),
-            now,
-        );
+        let shared = Shared::without_wakers();
+        let (mailbox, inbox) = mailbox::channel(shared.clone(), 0, config.mailbox_capacity);
+        let worker = Worker::new(0, mailbox);
+        let engine = Engine::new(handler, (worker, inbox), &config, shared, now);
         let driver = BenchDriver {
             q: Parked::default(),
             accepts: (0..conns).map(|fd| fd as RawFd + 100).collect(),

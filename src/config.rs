@@ -28,6 +28,7 @@ pub(crate) struct Config {
     pub linger: Duration,
     pub handle_signals: bool,
     pub backend: Backend,
+    pub mailbox_capacity: usize,
     /// Test hook: worker N meets the fault once the flag is set.
     #[cfg(feature = "sim")]
     pub fault: Option<(usize, Fault, Arc<AtomicBool>)>,
@@ -52,6 +53,7 @@ impl Default for Config {
             linger: Duration::from_secs(1),
             handle_signals: true,
             backend: Backend::Auto,
+            mailbox_capacity: 65536,
             #[cfg(feature = "sim")]
             fault: None,
         }
@@ -197,6 +199,13 @@ impl Builder {
     /// [`ShutdownHandle`](crate::ShutdownHandle) stops the server.
     pub fn handle_signals(mut self, handle: bool) -> Builder {
         self.config.handle_signals = handle;
+        self
+    }
+
+    /// How many messages each worker's [`Mailbox`](crate::Mailbox) holds before a post
+    /// is refused with [`PostError::Full`](crate::PostError::Full). Default 65,536.
+    pub fn mailbox_capacity(mut self, messages: usize) -> Builder {
+        self.config.mailbox_capacity = messages.max(1);
         self
     }
 

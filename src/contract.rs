@@ -120,6 +120,9 @@ pub(crate) trait Intents {
     /// Queued: wake every other worker of the server (they read the shared state). No
     /// event answers it.
     fn wake_workers(&mut self);
+    /// Queued: wake worker `index` (this worker posted into its mailbox). No event
+    /// answers it.
+    fn wake_worker(&mut self, index: usize);
     /// Synchronous: shut down the write side (send FIN) now.
     fn shutdown_write_now(&mut self, conn: ConnRef, fd: RawFd);
     /// Synchronous: shut down both directions now (FIN; a receive in flight ends with

@@ -11,6 +11,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::buf::BufPool;
+use crate::mailbox::{ConnAddr, Mailbox};
 
 /// A service's protocol logic, one instance per worker thread.
 ///
@@ -29,6 +30,7 @@ use crate::buf::BufPool;
 ///
 /// impl Handler for Echo {
 ///     type State = ();
+///     type Message = ();
 ///     fn on_open(&mut self, _conn: &mut Conn<'_>) {}
 ///     fn on_data(&mut self, _state: &mut (), conn: &mut Conn<'_>, data: &[u8]) -> usize {
 ///         conn.write(data);
@@ -40,6 +42,10 @@ pub trait Handler {
     /// Per-connection state, created by [`on_open`](Handler::on_open) and handed back to
     /// every later call for that connection.
     type State;
+
+    /// What other threads post into this worker through its [`Mailbox`] (answers from
+    /// a database pool, say). `()` for a handler that takes no messages.
+    type Message: Send + 'static;
 
     /// A connection was accepted. Whatever is written to `conn` here is sent first.
     fn on_open(&mut self, conn: &mut Conn<'_>) -> Self::State;
@@ -71,6 +77,32 @@ pub trait Handler {
         let _ = (state, conn);
     }
 
+    /// A message posted to the worker ([`Mailbox::post`]). The default drops it.
+    fn on_message(&mut self, msg: Self::Message) {
+        let _ = msg;
+    }
+
+    /// A message posted to one of this worker's open connections
+    /// ([`Mailbox::post_to`]) at address `to` (its tag is the poster's): write the answer
+    /// to `conn`. Input that waited meanwhile is offered again after it. The default
+    /// drops the message.
+    fn on_conn_message(
+        &mut self,
+        state: &mut Self::State,
+        conn: &mut Conn<'_>,
+        to: ConnAddr,
+        msg: Self::Message,
+    ) {
+        let _ = (state, conn, to, msg);
+    }
+
+    /// A message for a connection that closed before it arrived (or is closing), or one
+    /// still queued when the worker stopped: handed back so that what it carries can be
+    /// released. Counted in `messages_undelivered`. The default drops it.
+    fn on_undelivered(&mut self, msg: Self::Message) {
+        let _ = msg;
+    }
+
     /// The connection is closed (its descriptor is released). Called exactly once for
     /// every connection whose [`on_open`](Handler::on_open) returned (a connection whose
     /// `on_open` panicked has no state to close).
@@ -85,8 +117,9 @@ pub trait Handler {
 /// A boxed teardown action and its name.
 pub(crate) type Teardown = (String, Box<dyn FnOnce()>);
 
-/// What a handler factory gets: the worker's index, and where to register the per-worker
-/// resources (a database pool per core, say) that must be closed when the worker stops.
+/// What a handler factory gets: the worker's index, its [`Mailbox`] (messages of the
+/// handler's type `M` from other threads), and where to register the per-worker resources
+/// (a database pool per core, say) that must be closed when the worker stops.
 ///
 /// Teardowns run on the worker's thread once its last connection has closed during the
 /// drain, in reverse order of registration (like destructors), each logged as
@@ -109,6 +142,7 @@ pub(crate) type Teardown = (String, Box<dyn FnOnce()>);
 /// }
 /// # impl Handler for Service {
 /// #     type State = ();
+/// #     type Message = ();
 /// #     fn on_open(&mut self, _: &mut Conn<'_>) {}
 /// #     fn on_data(&mut self, _: &mut (), _: &mut Conn<'_>, d: &[u8]) -> usize { d.len() }
 /// # }
@@ -120,22 +154,31 @@ pub(crate) type Teardown = (String, Box<dyn FnOnce()>);
 ///     Service { pool }
 /// }
 /// ```
-pub struct Worker {
+pub struct Worker<M = ()> {
     pub(crate) index: usize,
     pub(crate) teardown: Vec<Teardown>,
+    pub(crate) mailbox: Mailbox<M>,
 }
 
-impl Worker {
-    pub(crate) fn new(index: usize) -> Worker {
+impl<M> Worker<M> {
+    pub(crate) fn new(index: usize, mailbox: Mailbox<M>) -> Worker<M> {
         Worker {
             index,
             teardown: Vec::new(),
+            mailbox,
         }
     }
 
     /// This worker's index (0 to workers - 1).
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// A handle to this worker's mailbox, to give to other threads (a database pool's
+    /// threads, say) so they can post answers back ([`Handler::on_message`],
+    /// [`Handler::on_conn_message`]).
+    pub fn mailbox(&self) -> Mailbox<M> {
+        self.mailbox.clone()
     }
 
     /// Registers a resource's teardown. Teardowns run in reverse order of registration,
@@ -145,7 +188,7 @@ impl Worker {
     }
 }
 
-impl std::fmt::Debug for Worker {
+impl<M> std::fmt::Debug for Worker<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.teardown.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("Worker")
@@ -208,6 +251,7 @@ impl ConnId {
 /// how it asks to close.
 pub struct Conn<'a> {
     pub(crate) id: ConnId,
+    pub(crate) serial: u64,
     pub(crate) worker: usize,
     pub(crate) draining: bool,
     pub(crate) now: Instant,
@@ -239,6 +283,18 @@ impl Conn<'_> {
     /// The index of the worker thread that owns this connection.
     pub fn worker(&self) -> usize {
         self.worker
+    }
+
+    /// This connection's address, for answers posted from other threads
+    /// ([`Mailbox::post_to`]): unlike [`ConnId`], never the address of a later
+    /// connection in the same slot.
+    pub fn addr(&self) -> ConnAddr {
+        ConnAddr {
+            worker: self.worker as u32,
+            key: self.id.0,
+            serial: self.serial,
+            tag: 0,
+        }
     }
 
     /// The current loop turn's clock (read once per turn; cheaper than `Instant::now`).

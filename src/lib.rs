@@ -38,6 +38,7 @@
 //!
 //! impl Handler for Echo {
 //!     type State = ();
+//!     type Message = ();
 //!
 //!     fn on_open(&mut self, _conn: &mut Conn<'_>) {
 //!         self.open += 1;
@@ -96,6 +97,7 @@ mod handler;
 pub mod http;
 mod listener;
 mod log;
+mod mailbox;
 mod server;
 mod shared;
 #[cfg(feature = "sim")]
@@ -110,6 +112,7 @@ pub use config::Builder;
 #[doc(hidden)]
 pub use config::Fault;
 pub use handler::{CloseReason, Conn, ConnId, Handler, Worker};
+pub use mailbox::{ConnAddr, Mailbox, PostError};
 pub use server::Server;
 pub use shared::{ShutdownHandle, Trigger};
 pub use stats::{Report, WorkerDrain, WorkerReport, WorkerStats};

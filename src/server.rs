@@ -17,6 +17,7 @@ use crate::engine::{Engine, panic_message};
 use crate::handler::{Handler, Worker};
 use crate::listener;
 use crate::log;
+use crate::mailbox;
 use crate::shared::{Shared, ShutdownHandle, Trigger};
 use crate::stats::{Report, WorkerReport};
 use crate::sys::epoll::EpollDriver;
@@ -32,6 +33,7 @@ use crate::worker::Runner;
 /// struct Echo;
 /// impl Handler for Echo {
 ///     type State = ();
+///     type Message = ();
 ///     fn on_open(&mut self, _: &mut Conn<'_>) {}
 ///     fn on_data(&mut self, _: &mut (), conn: &mut Conn<'_>, data: &[u8]) -> usize {
 ///         conn.write(data);
@@ -114,7 +116,7 @@ impl Server {
     pub fn run<H, F>(self, factory: F) -> io::Result<Report>
     where
         H: Handler,
-        F: Fn(&mut Worker) -> H + Sync,
+        F: Fn(&mut Worker<H::Message>) -> H + Sync,
     {
         log::info(format_args!(
             "{} backend; {} workers on {}",
@@ -222,7 +224,7 @@ fn contain_worker<H: Handler>(
     listener: Socket,
     shared: Arc<Shared>,
     config: &Config,
-    factory: &(impl Fn(&mut Worker) -> H + Sync),
+    factory: &(impl Fn(&mut Worker<H::Message>) -> H + Sync),
 ) -> io::Result<WorkerReport> {
     let index = place.index;
     let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -259,7 +261,7 @@ fn run_worker<H: Handler>(
     listener: Socket,
     shared: Arc<Shared>,
     config: &Config,
-    factory: &(impl Fn(&mut Worker) -> H + Sync),
+    factory: &(impl Fn(&mut Worker<H::Message>) -> H + Sync),
 ) -> io::Result<WorkerReport> {
     let Place {
         index,
@@ -290,11 +292,18 @@ fn drive<H: Handler, D: Driver>(
     index: usize,
     shared: Arc<Shared>,
     config: &Config,
-    factory: &(impl Fn(&mut Worker) -> H + Sync),
+    factory: &(impl Fn(&mut Worker<H::Message>) -> H + Sync),
 ) -> WorkerReport {
-    let mut worker = Worker::new(index);
+    let (mailbox, inbox) = mailbox::channel(shared.clone(), index, config.mailbox_capacity);
+    let mut worker = Worker::new(index, mailbox);
     let handler = factory(&mut worker);
-    let engine = Engine::new(handler, worker, config, shared, Instant::now());
+    let engine = Engine::new(
+        handler,
+        (worker, inbox),
+        config,
+        shared.clone(),
+        Instant::now(),
+    );
     let mut runner = Runner::new(engine, driver);
     #[cfg(feature = "sim")]
     if let Some((failing, fault, flag)) = &config.fault
@@ -302,7 +311,7 @@ fn drive<H: Handler, D: Driver>(
     {
         runner.inject_fault(*fault, flag.clone());
     }
-    let served = runner.serve();
+    let served = runner.serve(&shared);
     if let Err(e) = &served {
         log::warn(format_args!(
             "worker {index}: wait failed: {e}; releasing the backend"

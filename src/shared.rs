@@ -190,6 +190,7 @@ impl Shared {
 /// # struct Echo;
 /// # impl Handler for Echo {
 /// #     type State = ();
+/// #     type Message = ();
 /// #     fn on_open(&mut self, _: &mut Conn<'_>) {}
 /// #     fn on_data(&mut self, _: &mut (), c: &mut Conn<'_>, d: &[u8]) -> usize { c.write(d); d.len() }
 /// # }

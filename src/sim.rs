@@ -16,6 +16,7 @@
 //! struct Upper;
 //! impl Handler for Upper {
 //!     type State = ();
+//!     type Message = ();
 //!     fn on_open(&mut self, _: &mut Conn<'_>) {}
 //!     fn on_data(&mut self, _: &mut (), conn: &mut Conn<'_>, data: &[u8]) -> usize {
 //!         conn.write(&data.to_ascii_uppercase());
@@ -43,6 +44,7 @@ use crate::config::{Builder, Config};
 use crate::contract::{ConnRef, Driver, Event, Intents, OutBuf, RecvEnd};
 use crate::engine::Engine;
 use crate::handler::{Handler, Worker};
+use crate::mailbox::{self, Mailbox};
 use crate::shared::Shared;
 use crate::stats::{WorkerDrain, WorkerStats};
 use crate::worker::Runner;
@@ -187,6 +189,10 @@ impl Intents for Kernel {
         self.ops += 1; // one simulated worker: nobody else to wake
     }
 
+    fn wake_worker(&mut self, _index: usize) {
+        self.ops += 1;
+    }
+
     fn shutdown_write_now(&mut self, conn: ConnRef, fd: RawFd) {
         self.ops += 1;
         if let Some(p) = self.bind(conn, fd) {
@@ -327,6 +333,7 @@ impl SimDriver {
 pub struct Sim<H: Handler> {
     runner: Runner<H, SimDriver>,
     now: Instant,
+    mailbox: Mailbox<H::Message>,
 }
 
 impl<H: Handler> Sim<H> {
@@ -340,13 +347,10 @@ impl<H: Handler> Sim<H> {
     pub fn with_config(handler: H, builder: &Builder) -> Sim<H> {
         let config: &Config = builder.config();
         let now = Instant::now(); // the virtual clock's origin; it moves by `advance`
-        let engine = Engine::new(
-            handler,
-            Worker::new(0),
-            config,
-            Shared::without_wakers(),
-            now,
-        );
+        let shared = Shared::without_wakers();
+        let (mailbox, inbox) = mailbox::channel(shared.clone(), 0, config.mailbox_capacity);
+        let worker = Worker::new(0, mailbox.clone());
+        let engine = Engine::new(handler, (worker, inbox), config, shared, now);
         let driver = SimDriver {
             kernel: Kernel {
                 listening: true,
@@ -359,6 +363,7 @@ impl<H: Handler> Sim<H> {
         Sim {
             runner: Runner::new(engine, driver),
             now,
+            mailbox,
         }
     }
 
@@ -413,6 +418,11 @@ impl<H: Handler> Sim<H> {
         self.kernel_mut()
             .completions
             .push_back(Pending::Signal(signo));
+    }
+
+    /// The simulated worker's mailbox: what is posted is delivered at the next turn.
+    pub fn mailbox(&self) -> Mailbox<H::Message> {
+        self.mailbox.clone()
     }
 
     /// Moves the virtual clock forward (for readiness delays, lingers, grace deadlines).
@@ -491,7 +501,8 @@ impl<H: Handler> Sim<H> {
     pub fn run_until_idle(&mut self) -> usize {
         for turns in 0..10_000 {
             let due = (self.runner.engine().next_deadline()).is_some_and(|at| at <= self.now);
-            if self.turn() == 0 && !due && self.kernel().completions.is_empty() {
+            let quiet = self.kernel().completions.is_empty() && self.mailbox.is_empty();
+            if self.turn() == 0 && !due && quiet {
                 return turns;
             }
         }
@@ -508,6 +519,7 @@ mod tests {
     struct Stubborn;
     impl Handler for Stubborn {
         type State = ();
+        type Message = ();
         fn on_open(&mut self, _: &mut Conn<'_>) {}
         fn on_data(&mut self, _: &mut (), _: &mut Conn<'_>, data: &[u8]) -> usize {
             data.len()

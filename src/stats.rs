@@ -31,6 +31,14 @@ pub struct WorkerStats {
     pub handler_panics: u64,
     /// Teardowns that panicked (the ones after them still ran).
     pub teardown_panics: u64,
+    /// Messages taken from the worker's mailbox.
+    pub messages: u64,
+    /// Wake-ups the worker got from other threads (mailbox posts, the drain); posts to
+    /// a worker that is awake need none.
+    pub wakeups: u64,
+    /// Messages whose connection had closed (or that were still queued when the worker
+    /// stopped), handed back through `Handler::on_undelivered`.
+    pub messages_undelivered: u64,
     /// Bytes received.
     pub bytes_in: u64,
     /// Bytes sent.
@@ -50,6 +58,9 @@ impl WorkerStats {
         self.input_limit_closes += other.input_limit_closes;
         self.handler_panics += other.handler_panics;
         self.teardown_panics += other.teardown_panics;
+        self.messages += other.messages;
+        self.wakeups += other.wakeups;
+        self.messages_undelivered += other.messages_undelivered;
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
     }
@@ -62,7 +73,8 @@ impl fmt::Display for WorkerStats {
             "{{\"accepted\":{},\"closed\":{},\"accept_backoffs\":{},\"accept_errors\":{},\
              \"recv_no_buffers\":{},\"reads_paused\":{},\"stale_completions\":{},\
              \"input_limit_closes\":{},\"handler_panics\":{},\"teardown_panics\":{},\
-             \"bytes_in\":{},\"bytes_out\":{}}}",
+             \"messages\":{},\"messages_undelivered\":{},\"wakeups\":{},\"bytes_in\":{},\
+             \"bytes_out\":{}}}",
             self.accepted,
             self.closed,
             self.accept_backoffs,
@@ -73,6 +85,9 @@ impl fmt::Display for WorkerStats {
             self.input_limit_closes,
             self.handler_panics,
             self.teardown_panics,
+            self.messages,
+            self.messages_undelivered,
+            self.wakeups,
             self.bytes_in,
             self.bytes_out
         )

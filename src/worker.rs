@@ -27,18 +27,18 @@ use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
 #[cfg(feature = "sim")]
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(feature = "sim")]
 use crate::config::Fault;
-use crate::contract::Driver;
+use crate::contract::{Driver, Intents};
 use crate::engine::{Engine, Note, panic_message};
 use crate::handler::Handler;
 use crate::log;
+use crate::mailbox;
+use crate::shared::Shared;
 use crate::stats::WorkerReport;
 
 /// Extra reap passes in one turn for events a driver produced during the turn (epoll's
@@ -57,6 +57,8 @@ pub(crate) struct Runner<H: Handler, D: Driver> {
     driver: D,
     /// Whether the loop reads the real clock (serving) or is handed a virtual one.
     real_clock: bool,
+    /// Workers to wake at the end of the turn (this worker posted into their mailbox).
+    wakes: Vec<usize>,
     /// Test hook: the serving loop meets the fault once the flag is set.
     #[cfg(feature = "sim")]
     fault: Option<(Fault, Arc<AtomicBool>)>,
@@ -70,6 +72,7 @@ impl<H: Handler, D: Driver> Runner<H, D> {
             engine,
             driver,
             real_clock: false,
+            wakes: Vec::new(),
             #[cfg(feature = "sim")]
             fault: None,
         }
@@ -108,7 +111,16 @@ impl<H: Handler, D: Driver> Runner<H, D> {
             events += 1;
             engine.handle(event, q);
         });
-        driver.with_queue(|q| engine.end_turn(q));
+        let wakes = &mut self.wakes;
+        driver.with_queue(|q| {
+            events += engine.deliver_messages(q);
+            engine.end_turn(q);
+            // Workers this turn's handlers posted to: one wake-up each, through the ring.
+            mailbox::take_wakes(wakes);
+            for j in wakes.drain(..) {
+                q.wake_worker(j);
+            }
+        });
         for _ in 0..EXTRA_PASSES {
             if !driver.has_ready() {
                 break;
@@ -148,12 +160,14 @@ impl<H: Handler, D: Driver> Runner<H, D> {
 
     /// The serving phase: turns until the engine is done. An error from the wait ends
     /// it; the caller then releases with `abort`.
-    pub fn serve(&mut self) -> io::Result<()> {
+    pub fn serve(&mut self, shared: &Arc<Shared>) -> io::Result<()> {
         self.real_clock = true;
+        let _worker_thread = mailbox::enter_worker(shared, self.engine.index());
         loop {
             let now = Instant::now();
             self.turn(now);
             if self.engine.is_done() {
+                self.engine.close_mailbox();
                 return Ok(());
             }
             #[cfg(feature = "sim")]
@@ -167,7 +181,7 @@ impl<H: Handler, D: Driver> Runner<H, D> {
                     Fault::Panic => panic!("injected panic in the worker loop (test hook)"),
                 }
             }
-            let timeout = if self.driver.has_ready() {
+            let timeout = if self.driver.has_ready() || !self.engine.may_sleep() {
                 Some(Duration::ZERO)
             } else {
                 self.engine

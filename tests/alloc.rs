@@ -43,6 +43,7 @@ static GLOBAL: Counting = Counting;
 struct Hello;
 
 impl Service for Hello {
+    type Message = ();
     fn call(&mut self, req: &Request<'_>, res: &mut Response<'_>) {
         match req.path() {
             "/" => res.text(Status::OK, "Hello, World!"),

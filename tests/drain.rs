@@ -318,6 +318,7 @@ struct Echo;
 
 impl Handler for Echo {
     type State = ();
+    type Message = ();
     fn on_open(&mut self, _: &mut Conn<'_>) {}
     fn on_data(&mut self, _: &mut (), conn: &mut Conn<'_>, data: &[u8]) -> usize {
         conn.write(data);

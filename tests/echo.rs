@@ -85,6 +85,7 @@ struct WhichWorker;
 
 impl Handler for WhichWorker {
     type State = ();
+    type Message = ();
     fn on_open(&mut self, conn: &mut Conn<'_>) {
         conn.write(&[conn.worker() as u8]);
     }

@@ -27,6 +27,7 @@ struct LineState {
 
 impl Handler for Fragile {
     type State = LineState;
+    type Message = ();
 
     fn on_open(&mut self, _conn: &mut Conn<'_>) -> LineState {
         LineState::default()

@@ -20,6 +20,7 @@ use support::*;
 struct Test;
 
 impl Service for Test {
+    type Message = ();
     fn call(&mut self, req: &Request<'_>, res: &mut Response<'_>) {
         match req.path() {
             "/echo" => res.send(Status::OK, &[], req.body()),

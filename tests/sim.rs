@@ -10,6 +10,7 @@ struct Echo {
 
 impl Handler for Echo {
     type State = ();
+    type Message = ();
     fn on_open(&mut self, _: &mut Conn<'_>) {}
     fn on_data(&mut self, _: &mut (), conn: &mut Conn<'_>, data: &[u8]) -> usize {
         self.seen.push(data.to_vec());
@@ -76,6 +77,7 @@ struct Idle;
 
 impl Handler for Idle {
     type State = ();
+    type Message = ();
     fn on_open(&mut self, conn: &mut Conn<'_>) {
         conn.set_timer(std::time::Duration::from_millis(100));
     }

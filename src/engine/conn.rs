@@ -92,6 +92,9 @@ pub(crate) struct Connection<S> {
     pub fd: RawFd,
     pub key: u32,
     pub generation: u32,
+    /// The worker's count of accepted connections when this one came: its mailbox
+    /// address, never reused.
+    pub serial: u64,
     /// The handler's per-connection state; taken out for `on_close`.
     pub state: Option<S>,
     /// Output written by the handler and not yet handed to the kernel.
@@ -132,12 +135,12 @@ pub(crate) struct Connection<S> {
 impl<S> Connection<S> {
     pub fn new(
         fd: RawFd,
-        key: u32,
-        generation: u32,
+        (key, generation, serial): (u32, u32, u64),
         born_turn: u64,
         now: Instant,
     ) -> Connection<S> {
         Connection {
+            serial,
             fd,
             key,
             generation,
@@ -174,6 +177,7 @@ impl<S> Connection<S> {
         let unsent = if self.sending { self.inflight } else { 0 };
         let conn = Conn {
             id: ConnId(self.key),
+            serial: self.serial,
             worker,
             draining,
             now,

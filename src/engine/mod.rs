@@ -19,6 +19,7 @@
 //! path: accept, receive, send, close.
 
 mod conn;
+mod messages;
 mod note;
 mod shutdown;
 mod timer;
@@ -35,6 +36,7 @@ use crate::config::Config;
 use crate::contract::{ConnRef, Event, GEN_MASK, Intents, OutBuf, RecvEnd};
 use crate::drain::Drain;
 use crate::handler::{CloseReason, CloseRequest, Handler, Worker};
+use crate::mailbox::Inbox;
 use crate::shared::Shared;
 use crate::stats::{WorkerDrain, WorkerStats};
 
@@ -66,7 +68,8 @@ struct Limits {
 /// One worker's engine.
 pub(crate) struct Engine<H: Handler> {
     handler: H,
-    worker: Worker,
+    worker: Worker<H::Message>,
+    inbox: Inbox<H::Message>,
     conns: Slab<Connection<H::State>>,
     pool: BufPool,
     flush: Vec<u32>,
@@ -99,7 +102,7 @@ pub(crate) struct Engine<H: Handler> {
 impl<H: Handler> Engine<H> {
     pub fn new(
         handler: H,
-        worker: Worker,
+        (worker, inbox): (Worker<H::Message>, Inbox<H::Message>),
         config: &Config,
         shared: Arc<Shared>,
         now: Instant,
@@ -107,6 +110,7 @@ impl<H: Handler> Engine<H> {
         Engine {
             handler,
             worker,
+            inbox,
             conns: Slab::with_capacity(1024),
             pool: BufPool::new(16 * 1024, 4096),
             flush: Vec::with_capacity(1024),
@@ -276,7 +280,10 @@ impl<H: Handler> Engine<H> {
             Event::Sent { conn, result, buf } => self.on_sent(conn, result, buf, q),
             Event::Closed { conn } => self.on_closed(conn, q),
             Event::Signal { signo } => self.on_signal(signo, q),
-            Event::Wake => self.sync_drain(q),
+            Event::Wake => {
+                self.stats.wakeups += 1;
+                self.sync_drain(q);
+            }
         }
     }
 
@@ -354,10 +361,10 @@ impl<H: Handler> Engine<H> {
         self.next_generation = (self.next_generation + 1) & GEN_MASK;
         let entry = self.conns.vacant_entry();
         let key = entry.key() as u32;
+        let serial = self.stats.accepted;
         let c = entry.insert(Connection::new(
             fd,
-            key,
-            self.next_generation,
+            (key, self.next_generation, serial),
             self.turn,
             self.linger.now,
         ));

@@ -15,6 +15,8 @@ pub(crate) enum Callback {
     Timer,
     Drain,
     Close,
+    Message,
+    Undelivered,
 }
 
 impl Callback {
@@ -25,6 +27,8 @@ impl Callback {
             Callback::Timer => "on_timer",
             Callback::Drain => "on_drain",
             Callback::Close => "on_close",
+            Callback::Message => "on_message",
+            Callback::Undelivered => "on_undelivered",
         }
     }
 }

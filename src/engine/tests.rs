@@ -68,6 +68,9 @@ impl Intents for Rec {
     fn wake_workers(&mut self) {
         self.ops.push(Op::WakeWorkers);
     }
+    fn wake_worker(&mut self, _index: usize) {
+        self.ops.push(Op::WakeWorkers);
+    }
 }
 
 impl Rec {
@@ -86,6 +89,7 @@ struct Lines {
 
 impl Handler for Lines {
     type State = ();
+    type Message = ();
     fn on_open(&mut self, _conn: &mut Conn<'_>) {
         self.calls.borrow_mut().push("open".into());
     }
@@ -125,14 +129,10 @@ fn setup(lines: bool, amplify: usize, config: Config) -> T {
         calls: calls.clone(),
     };
     let shared = crate::shared::Shared::new(1).unwrap();
+    let (mailbox, inbox) = crate::mailbox::channel(shared.clone(), 0, 16);
+    let worker = crate::handler::Worker::new(0, mailbox);
     let mut t = T {
-        engine: Engine::new(
-            handler,
-            crate::handler::Worker::new(0),
-            &config,
-            shared,
-            Instant::now(),
-        ),
+        engine: Engine::new(handler, (worker, inbox), &config, shared, Instant::now()),
         rec: Rec::default(),
         calls,
     };

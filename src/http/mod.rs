@@ -29,6 +29,7 @@
 //!
 //! struct Hello;
 //! impl Service for Hello {
+//!     type Message = ();
 //!     fn call(&mut self, req: &Request<'_>, res: &mut Response<'_>) {
 //!         match req.path() {
 //!             "/" => res.text(Status::OK, "Hello, World!"),
@@ -52,6 +53,7 @@ use std::mem::{self, MaybeUninit};
 use std::time::{Duration, Instant};
 
 use crate::handler::{Conn, Handler};
+use crate::mailbox::ConnAddr;
 use chunked::Chunked;
 use parse::{Framing, HeadInfo, MAX_HEADERS, check_head, parse_error};
 use response::{DateCache, write_head};
@@ -61,15 +63,40 @@ pub use response::{Response, Status};
 
 /// A per-worker service: gets each request and writes its response.
 pub trait Service {
+    /// The answers other threads post back for deferred responses ([`Response::wait`]),
+    /// and other messages into the worker. `()` for a service that takes none.
+    type Message: Send + 'static;
+
     /// Answers one request. Write exactly one response with [`Response::send`] (or
-    /// [`Response::text`]); a request left unanswered gets a 500.
+    /// [`Response::text`]), or defer it ([`Response::wait`], [`Response::defer`]); a
+    /// request left unanswered gets a 500.
     fn call(&mut self, req: &Request<'_>, res: &mut Response<'_>);
 
-    /// Writes a response deferred with [`Response::defer`], once its time has come.
-    /// The default answers 500: a service that defers must implement this.
-    fn resume(&mut self, tag: u64, res: &mut Response<'_>) {
+    /// The answer to a response deferred with [`Response::wait`] arrived: write the
+    /// response from it, or wait again. The default answers 500.
+    fn resume(&mut self, msg: Self::Message, res: &mut Response<'_>) {
+        let _ = msg;
+        res.text(Status::INTERNAL_ERROR, "deferred response not implemented");
+    }
+
+    /// Writes a response deferred with [`Response::defer`], once its time has come (or
+    /// defers again). The default answers 500.
+    fn resume_timer(&mut self, tag: u64, res: &mut Response<'_>) {
         let _ = tag;
         res.text(Status::INTERNAL_ERROR, "deferred response not implemented");
+    }
+
+    /// A message posted to the worker itself ([`Mailbox::post`](crate::Mailbox::post)).
+    /// The default drops it.
+    fn on_message(&mut self, msg: Self::Message) {
+        let _ = msg;
+    }
+
+    /// An answer that found no request waiting for it (its connection closed, or its
+    /// deadline already answered 504), handed back so that what it carries is released.
+    /// The default drops it.
+    fn on_undelivered(&mut self, msg: Self::Message) {
+        let _ = msg;
     }
 }
 
@@ -162,10 +189,19 @@ enum Phase {
     Waiting(Deferred),
 }
 
+/// What wakes a deferred response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// Its timer ([`Response::defer`]), with the service's tag.
+    Timer(u64),
+    /// A message for this request number ([`Response::wait`]); 504 at the timer.
+    Message(u64),
+}
+
 /// What a deferred response needs to be written later.
 #[derive(Debug, Clone, Copy)]
 struct Deferred {
-    tag: u64,
+    wake: Wake,
     keep_alive: bool,
     minor_version: u8,
     head_only: bool,
@@ -195,10 +231,13 @@ pub struct HttpConn {
     /// The drain reached this connection while it was busy: close after the next
     /// response.
     close_after: bool,
+    /// Requests begun on this connection: the tag of a waiting request's address.
+    requests: u64,
 }
 
 impl<S: Service> Handler for Http<S> {
     type State = HttpConn;
+    type Message = S::Message;
 
     fn on_open(&mut self, conn: &mut Conn<'_>) -> HttpConn {
         conn.set_timer(self.config.idle_timeout);
@@ -206,6 +245,7 @@ impl<S: Service> Handler for Http<S> {
             phase: Phase::Idle,
             last_active: conn.now(),
             close_after: false,
+            requests: 0,
         }
     }
 
@@ -270,6 +310,30 @@ impl<S: Service> Handler for Http<S> {
         }
     }
 
+    fn on_conn_message(
+        &mut self,
+        state: &mut HttpConn,
+        conn: &mut Conn<'_>,
+        to: ConnAddr,
+        msg: S::Message,
+    ) {
+        match state.phase {
+            Phase::Waiting(d) if d.wake == Wake::Message(to.tag()) => {
+                self.resume(state, conn, d, |service, res| service.resume(msg, res))
+            }
+            // An answer for a request that already got its 504, or for no request.
+            _ => self.service.on_undelivered(msg),
+        }
+    }
+
+    fn on_message(&mut self, msg: S::Message) {
+        self.service.on_message(msg);
+    }
+
+    fn on_undelivered(&mut self, msg: S::Message) {
+        self.service.on_undelivered(msg);
+    }
+
     fn on_drain(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>) {
         let quiet = conn.now().saturating_duration_since(state.last_active);
         match state.phase {
@@ -284,7 +348,22 @@ impl<S: Service> Handler for Http<S> {
 
     fn on_timer(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>) {
         match state.phase {
-            Phase::Waiting(d) => self.resume(state, conn, d),
+            Phase::Waiting(
+                d @ Deferred {
+                    wake: Wake::Timer(tag),
+                    ..
+                },
+            ) => self.resume(state, conn, d, |service, res| {
+                service.resume_timer(tag, res)
+            }),
+            Phase::Waiting(
+                d @ Deferred {
+                    wake: Wake::Message(_),
+                    ..
+                },
+            ) => self.resume(state, conn, d, |_, res| {
+                res.text(Status::GATEWAY_TIMEOUT, "the answer did not come in time")
+            }),
             Phase::Idle if conn.is_draining() => conn.close_when_idle(),
             Phase::Idle => conn.close(),
             Phase::Head | Phase::Body(_) => {
@@ -360,6 +439,8 @@ impl<S: Service> Http<S> {
         let draining = conn.is_draining();
         let close = !info.keep_alive || (draining || state.close_after) && last_received;
         let now = conn.now();
+        state.requests += 1;
+        let addr = conn.addr().with_tag(state.requests);
         let mut res = Response {
             out: conn.output(),
             date: self.date.get(now),
@@ -369,24 +450,38 @@ impl<S: Service> Http<S> {
             draining,
             sent: false,
             deferred: None,
+            waiting: None,
+            addr,
         };
         self.service.call(&request, &mut res);
-        if let (false, Some((after, tag))) = (res.sent, res.deferred) {
-            state.phase = Phase::Waiting(Deferred {
-                tag,
-                keep_alive: info.keep_alive,
-                minor_version: request.minor_version,
-                head_only: res.head_only,
-                last_received,
-            });
-            state.last_active = now;
-            conn.set_timer(after);
-            return;
+        let d = Deferred {
+            wake: Wake::Timer(0),
+            keep_alive: info.keep_alive,
+            minor_version: request.minor_version,
+            head_only: res.head_only,
+            last_received,
+        };
+        let wait = waits(&mut res);
+        self.settle(state, conn, wait, d, close);
+    }
+
+    /// After the service wrote (or deferred) a response: wait for its wake-up, or finish.
+    fn settle(
+        &mut self,
+        state: &mut HttpConn,
+        conn: &mut Conn<'_>,
+        wait: Option<(Wake, Duration)>,
+        d: Deferred,
+        close: bool,
+    ) {
+        match wait {
+            Some((wake, after)) => {
+                state.phase = Phase::Waiting(Deferred { wake, ..d });
+                state.last_active = conn.now();
+                conn.set_timer(after);
+            }
+            None => self.finish(state, conn, close),
         }
-        if !res.sent {
-            res.text(Status::INTERNAL_ERROR, "no response");
-        }
-        self.finish(state, conn, close);
     }
 
     /// After a response: the connection closes, or waits for the next request.
@@ -400,11 +495,21 @@ impl<S: Service> Http<S> {
         }
     }
 
-    /// A deferred response is due: the service writes it now.
-    fn resume(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>, d: Deferred) {
+    /// A deferred response is due (its timer, its answer, or its deadline): `write`
+    /// writes it now, or defers it again.
+    fn resume(
+        &mut self,
+        state: &mut HttpConn,
+        conn: &mut Conn<'_>,
+        d: Deferred,
+        write: impl FnOnce(&mut S, &mut Response<'_>),
+    ) {
         let draining = conn.is_draining();
         let close = !d.keep_alive || (draining || state.close_after) && d.last_received;
         let now = conn.now();
+        // A new tag for each wait: an answer to an earlier one cannot be taken for it.
+        state.requests += 1;
+        let addr = conn.addr().with_tag(state.requests);
         let mut res = Response {
             out: conn.output(),
             date: self.date.get(now),
@@ -414,12 +519,12 @@ impl<S: Service> Http<S> {
             draining,
             sent: false,
             deferred: None,
+            waiting: None,
+            addr,
         };
-        self.service.resume(d.tag, &mut res);
-        if !res.sent {
-            res.text(Status::INTERNAL_ERROR, "no response");
-        }
-        self.finish(state, conn, close);
+        write(&mut self.service, &mut res);
+        let wait = waits(&mut res);
+        self.settle(state, conn, wait, d, close);
     }
 
     /// Answers with an error status and closes the connection. Returns `usize::MAX`:
@@ -435,6 +540,19 @@ impl<S: Service> Http<S> {
         state.phase = Phase::Idle;
         conn.close();
         usize::MAX
+    }
+}
+
+/// What the service left: a deferral to wait for, or a response (a 500 if it wrote none).
+fn waits(res: &mut Response<'_>) -> Option<(Wake, Duration)> {
+    match (res.sent, res.deferred, res.waiting) {
+        (false, Some((after, tag)), _) => Some((Wake::Timer(tag), after)),
+        (false, None, Some(deadline)) => Some((Wake::Message(res.addr.tag()), deadline)),
+        (false, None, None) => {
+            res.text(Status::INTERNAL_ERROR, "no response");
+            None
+        }
+        (true, _, _) => None,
     }
 }
 

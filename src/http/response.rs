@@ -5,6 +5,8 @@
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::mailbox::ConnAddr;
+
 /// An HTTP status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status(pub u16);
@@ -30,6 +32,12 @@ impl Status {
     pub const NOT_IMPLEMENTED: Status = Status(501);
     /// 503 Service Unavailable.
     pub const SERVICE_UNAVAILABLE: Status = Status(503);
+    /// 504 Gateway Timeout: a deferred answer did not come in time.
+    pub const GATEWAY_TIMEOUT: Status = Status(504);
+    /// 201 Created.
+    pub const CREATED: Status = Status(201);
+    /// 405 Method Not Allowed (send an `Allow` field with it).
+    pub const METHOD_NOT_ALLOWED: Status = Status(405);
     /// 505 HTTP Version Not Supported.
     pub const VERSION_NOT_SUPPORTED: Status = Status(505);
 
@@ -155,6 +163,10 @@ pub struct Response<'a> {
     pub(crate) draining: bool,
     pub(crate) sent: bool,
     pub(crate) deferred: Option<(Duration, u64)>,
+    /// Set by [`wait`](Response::wait): the answer comes as a message, by this deadline.
+    pub(crate) waiting: Option<Duration>,
+    /// This request's address for messages (its tag: the connection's request number).
+    pub(crate) addr: ConnAddr,
 }
 
 impl Response<'_> {
@@ -192,13 +204,28 @@ impl Response<'_> {
     }
 
     /// Answers later instead of now, without holding up the worker: after `after`,
-    /// [`Service::resume`](super::Service::resume) is called with `tag` to write the
-    /// response. Meanwhile the connection reads nothing more (pipelined requests wait);
-    /// a drain that begins meanwhile lets it finish and closes the connection after it.
+    /// [`Service::resume_timer`](super::Service::resume_timer) is called with `tag` to
+    /// write the response. Meanwhile the connection reads nothing more (pipelined
+    /// requests wait); a drain that begins meanwhile lets it finish and closes the
+    /// connection after it.
     pub fn defer(&mut self, after: Duration, tag: u64) {
         if !self.sent {
             self.deferred = Some((after, tag));
         }
+    }
+
+    /// Answers later, when a message arrives: returns the address to post the answer to
+    /// ([`Mailbox::post_to`](crate::Mailbox::post_to), from any thread), and
+    /// [`Service::resume`](super::Service::resume) then writes the response from it (or
+    /// waits again). If no answer comes within `deadline`, the client gets 504 and a
+    /// late answer goes to [`Service::on_undelivered`](super::Service::on_undelivered).
+    /// Meanwhile pipelined requests wait, in order; a drain lets the request finish (the
+    /// connection closes after its answer) until the grace deadline.
+    pub fn wait(&mut self, deadline: Duration) -> ConnAddr {
+        if !self.sent {
+            self.waiting = Some(deadline);
+        }
+        self.addr
     }
 
     /// Writes a `text/plain` response.
@@ -285,6 +312,13 @@ mod tests {
             draining: false,
             sent: false,
             deferred: None,
+            waiting: None,
+            addr: ConnAddr {
+                worker: 0,
+                key: 0,
+                serial: 0,
+                tag: 0,
+            },
         };
         res.text(Status::NOT_FOUND, "nope");
         res.text(Status::OK, "ignored: one response per request");

@@ -532,4 +532,10 @@ impl Intents for EpollQueue {
             }
         }
     }
+
+    fn wake_worker(&mut self, index: usize) {
+        if let Some(waker) = self.shared.wakers.get(index) {
+            waker.wake();
+        }
+    }
 }

@@ -207,28 +207,32 @@ impl Intents for UringQueue<'_> {
     }
 
     fn wake_workers(&mut self) {
-        let shared = self.st.shared.clone();
-        for (j, waker) in shared.wakers.iter().enumerate() {
-            if j == self.st.index {
-                continue;
+        for j in 0..self.st.shared.wakers.len() {
+            if j != self.st.index {
+                self.wake_worker(j);
             }
-            let ring_fd = waker.ring_fd();
-            if self.st.msg_ring && ring_fd >= 0 {
-                let target = ConnRef {
-                    key: j as u32,
-                    generation: 0,
-                };
-                let entry =
-                    opcode::MsgRingData::new(Fd(ring_fd), 0, encode(Kind::Wake, NO_CONN), None)
-                        .build()
-                        .flags(Flags::SKIP_SUCCESS)
-                        .user_data(encode(Kind::MsgRing, target));
-                // SAFETY: a message to another ring carries no pointer; it posts no
-                // completion here on success (SKIP_SUCCESS), so it is not counted.
-                unsafe { self.push_uncounted(entry) };
-            } else {
-                waker.wake();
-            }
+        }
+    }
+
+    fn wake_worker(&mut self, j: usize) {
+        let Some(waker) = self.st.shared.wakers.get(j) else {
+            return;
+        };
+        let ring_fd = waker.ring_fd();
+        if self.st.msg_ring && ring_fd >= 0 {
+            let target = ConnRef {
+                key: j as u32,
+                generation: 0,
+            };
+            let entry = opcode::MsgRingData::new(Fd(ring_fd), 0, encode(Kind::Wake, NO_CONN), None)
+                .build()
+                .flags(Flags::SKIP_SUCCESS)
+                .user_data(encode(Kind::MsgRing, target));
+            // SAFETY: a message to another ring carries no pointer; it posts no
+            // completion here on success (SKIP_SUCCESS), so it is not counted.
+            unsafe { self.push_uncounted(entry) };
+        } else {
+            waker.wake();
         }
     }
 
