@@ -108,6 +108,9 @@ impl<M> std::error::Error for PostError<M> {}
 /// The sending side of one worker's mailbox, shared by every [`Mailbox`] clone.
 struct Door<M> {
     tx: Sender<Envelope<M>>,
+    /// The most messages the mailbox holds (checked before each post: concurrent
+    /// posters can overshoot it by one message each).
+    capacity: usize,
     worker: usize,
     /// Set while the worker turns (it looks at the channel before it sleeps), or while a
     /// wake-up is on its way: a post that finds it set needs no syscall.
@@ -205,6 +208,9 @@ impl<M> Mailbox<M> {
     }
 
     fn send(&self, envelope: Envelope<M>) -> Result<(), PostError<M>> {
+        if self.door.tx.len() >= self.door.capacity {
+            return Err(PostError::Full(envelope.msg));
+        }
         match self.door.tx.try_send(envelope) {
             Ok(()) => {}
             Err(TrySendError::Full(e)) => return Err(PostError::Full(e.msg)),
@@ -323,10 +329,13 @@ pub(crate) fn channel<M>(
     worker: usize,
     capacity: usize,
 ) -> (Mailbox<M>, Inbox<M>) {
-    let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+    // Unbounded underneath (it grows in blocks as messages come, where a bounded channel
+    // would allocate every slot up front), bounded by the length check in `send`.
+    let (tx, rx) = crossbeam_channel::unbounded();
     let awake = Arc::new(AtomicBool::new(true));
     let door = Door {
         tx,
+        capacity: capacity.max(1),
         worker,
         awake: awake.clone(),
         shared,
