@@ -97,6 +97,21 @@ enum Answer {
     Failed(String),
 }
 
+impl Answer {
+    /// What the answer is, in a word (for logs: a value may be large).
+    fn kind(&self) -> &'static str {
+        match self {
+            Answer::Value(_) => "value",
+            Answer::Created => "created",
+            Answer::Replaced => "replaced",
+            Answer::Deleted => "deleted",
+            Answer::Absent => "absent",
+            Answer::Busy => "busy",
+            Answer::Failed(_) => "failed",
+        }
+    }
+}
+
 /// The kinds of trouble, each logged once (the first time) per process.
 #[derive(Debug, Clone, Copy)]
 enum Trouble {
@@ -170,7 +185,10 @@ impl Service for Kv {
     fn on_undelivered(&mut self, answer: Answer) {
         log_once(
             Trouble::Late,
-            format_args!("an answer ({answer:?}) came after its request was gone (504 or closed)"),
+            format_args!(
+                "an answer ({}) came after its request was gone (504 or closed)",
+                answer.kind()
+            ),
         );
     }
 }
