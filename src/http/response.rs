@@ -220,7 +220,8 @@ impl Response<'_> {
     /// waits again). If no answer comes within `deadline`, the client gets 504 and a
     /// late answer goes to [`Service::on_undelivered`](super::Service::on_undelivered).
     /// Meanwhile pipelined requests wait, in order; a drain lets the request finish (the
-    /// connection closes after its answer) until the grace deadline.
+    /// connection closes after its answer) until the grace deadline. A response sent
+    /// after `wait` in the same call (the job could not be queued, say) replaces the wait.
     ///
     /// ```no_run
     /// use std::sync::mpsc;
