@@ -203,7 +203,9 @@ impl Builder {
     }
 
     /// How many messages each worker's [`Mailbox`](crate::Mailbox) holds before a post
-    /// is refused with [`PostError::Full`](crate::PostError::Full). Default 65,536.
+    /// is refused with [`PostError::Full`](crate::PostError::Full) (posters racing each
+    /// other may overshoot it by one message each). Default 65,536; memory grows with
+    /// what is queued, not with the capacity.
     pub fn mailbox_capacity(mut self, messages: usize) -> Builder {
         self.config.mailbox_capacity = messages.max(1);
         self

@@ -98,7 +98,9 @@ pub trait Handler {
 
     /// A message for a connection that closed before it arrived (or is closing), or one
     /// still queued when the worker stopped: handed back so that what it carries can be
-    /// released. Counted in `messages_undelivered`. The default drops it.
+    /// released. Counted in `messages_undelivered`. The default drops it. (A post that
+    /// races with the worker's very last look is dropped with the mailbox, its
+    /// destructor run; later posts get [`PostError::Closed`](crate::PostError::Closed).)
     fn on_undelivered(&mut self, msg: Self::Message) {
         let _ = msg;
     }

@@ -18,10 +18,10 @@
 //! then looks at the channel once more), so a message posted while it is awake costs no
 //! syscall at all.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -108,10 +108,16 @@ impl<M> std::error::Error for PostError<M> {}
 /// The sending side of one worker's mailbox, shared by every [`Mailbox`] clone.
 struct Door<M> {
     tx: Sender<Envelope<M>>,
+    /// The most messages the mailbox holds (checked before each post: concurrent
+    /// posters can overshoot it by one message each).
+    capacity: usize,
     worker: usize,
     /// Set while the worker turns (it looks at the channel before it sleeps), or while a
     /// wake-up is on its way: a post that finds it set needs no syscall.
     awake: Arc<AtomicBool>,
+    /// Messages posted and not yet taken: the capacity check, and the worker's one-load
+    /// test of whether anything waits.
+    queued: Arc<AtomicUsize>,
     shared: Arc<Shared>,
 }
 
@@ -196,19 +202,28 @@ impl<M> Mailbox<M> {
 
     /// Messages waiting in the mailbox now.
     pub fn len(&self) -> usize {
-        self.door.tx.len()
+        self.door.queued.load(Ordering::Relaxed)
     }
 
     /// Whether no message waits.
     pub fn is_empty(&self) -> bool {
-        self.door.tx.is_empty()
+        self.len() == 0
     }
 
     fn send(&self, envelope: Envelope<M>) -> Result<(), PostError<M>> {
-        match self.door.tx.try_send(envelope) {
-            Ok(()) => {}
-            Err(TrySendError::Full(e)) => return Err(PostError::Full(e.msg)),
-            Err(TrySendError::Disconnected(e)) => return Err(PostError::Closed(e.msg)),
+        let queued = &self.door.queued;
+        if queued.fetch_add(1, Ordering::AcqRel) >= self.door.capacity {
+            queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(PostError::Full(envelope.msg));
+        }
+        let refused = match self.door.tx.try_send(envelope) {
+            Ok(()) => None,
+            Err(TrySendError::Full(e)) => Some(PostError::Full(e.msg)),
+            Err(TrySendError::Disconnected(e)) => Some(PostError::Closed(e.msg)),
+        };
+        if let Some(refused) = refused {
+            queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(refused);
         }
         // Pairs with the worker's fence between clearing `awake` and its last look at
         // the channel: either it sees this message, or this sees `awake` cleared.
@@ -224,6 +239,8 @@ thread_local! {
     /// On a worker thread: its server and index, and the workers its handlers posted to
     /// during the current turn (woken through the ring at the end of the turn).
     static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
+    /// Whether `CURRENT` holds wake-ups to send: the one load the end of a turn pays.
+    static HAS_WAKES: Cell<bool> = const { Cell::new(false) };
 }
 
 struct Current {
@@ -240,6 +257,7 @@ fn wake(shared: &Arc<Shared>, worker: usize) {
             if !cur.wakes.contains(&worker) {
                 cur.wakes.push(worker);
             }
+            HAS_WAKES.with(|h| h.set(true));
             true
         }
         _ => false,
@@ -272,7 +290,12 @@ impl Drop for WorkerThread {
 }
 
 /// The workers this worker's handlers posted to in the turn, to wake through the ring.
+#[inline]
 pub(crate) fn take_wakes(into: &mut Vec<usize>) {
+    if !HAS_WAKES.with(Cell::get) {
+        return;
+    }
+    HAS_WAKES.with(|h| h.set(false));
     CURRENT.with(|c| {
         if let Some(cur) = c.borrow_mut().as_mut() {
             into.append(&mut cur.wakes);
@@ -284,13 +307,19 @@ pub(crate) fn take_wakes(into: &mut Vec<usize>) {
 pub(crate) struct Inbox<M> {
     rx: Receiver<Envelope<M>>,
     awake: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl<M> Inbox<M> {
     /// The next message, if one waits.
     #[inline]
     pub fn try_take(&self) -> Option<Envelope<M>> {
-        self.rx.try_recv().ok()
+        if self.queued.load(Ordering::Acquire) == 0 {
+            return None; // nothing posted: one load, no channel access
+        }
+        let envelope = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(envelope)
     }
 
     /// Before the worker sleeps: clears `awake`, then looks once more. Returns true when
@@ -323,18 +352,23 @@ pub(crate) fn channel<M>(
     worker: usize,
     capacity: usize,
 ) -> (Mailbox<M>, Inbox<M>) {
-    let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+    // Unbounded underneath (it grows in blocks as messages come, where a bounded channel
+    // would allocate every slot up front), bounded by the length check in `send`.
+    let (tx, rx) = crossbeam_channel::unbounded();
     let awake = Arc::new(AtomicBool::new(true));
+    let queued = Arc::new(AtomicUsize::new(0));
     let door = Door {
         tx,
+        capacity: capacity.max(1),
         worker,
         awake: awake.clone(),
+        queued: queued.clone(),
         shared,
     };
     (
         Mailbox {
             door: Arc::new(door),
         },
-        Inbox { rx, awake },
+        Inbox { rx, awake, queued },
     )
 }

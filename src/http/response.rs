@@ -221,6 +221,45 @@ impl Response<'_> {
     /// late answer goes to [`Service::on_undelivered`](super::Service::on_undelivered).
     /// Meanwhile pipelined requests wait, in order; a drain lets the request finish (the
     /// connection closes after its answer) until the grace deadline.
+    ///
+    /// ```no_run
+    /// use std::sync::mpsc;
+    /// use std::time::Duration;
+    /// use gracering::http::{Http, HttpConfig, Request, Response, Service, Status};
+    /// use gracering::{ConnAddr, Mailbox, Server, Worker};
+    ///
+    /// /// Hands each request to a thread that stands for a database, and answers from
+    /// /// what that thread posts back.
+    /// struct Lookup {
+    ///     jobs: mpsc::Sender<(ConnAddr, String)>,
+    /// }
+    ///
+    /// impl Service for Lookup {
+    ///     type Message = String;
+    ///     fn call(&mut self, req: &Request<'_>, res: &mut Response<'_>) {
+    ///         let addr = res.wait(Duration::from_secs(2)); // 504 if no answer by then
+    ///         let _ = self.jobs.send((addr, req.path().to_string()));
+    ///     }
+    ///     fn resume(&mut self, row: String, res: &mut Response<'_>) {
+    ///         res.text(Status::OK, &row);
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> std::io::Result<()> {
+    /// let server = Server::builder().bind()?;
+    /// server.run(|worker: &mut Worker<String>| {
+    ///     let mailbox: Mailbox<String> = worker.mailbox();
+    ///     let (jobs, queue) = mpsc::channel::<(ConnAddr, String)>();
+    ///     std::thread::spawn(move || {
+    ///         for (addr, key) in queue {
+    ///             // The slow part, off the worker's loop; then post the answer back.
+    ///             let _ = mailbox.post_to(addr, format!("row for {key}"));
+    ///         }
+    ///     });
+    ///     Http::new(HttpConfig::default(), Lookup { jobs })
+    /// })?;
+    /// # Ok(()) }
+    /// ```
     pub fn wait(&mut self, deadline: Duration) -> ConnAddr {
         if !self.sent {
             self.waiting = Some(deadline);

@@ -6,7 +6,7 @@
 /// Expands to an `unsafe` call: the caller writes the `// SAFETY:` comment that says why
 /// the arguments are valid.
 ///
-/// ```ignore
+/// ```text
 /// // SAFETY: shutdown takes a descriptor and a constant; it touches no memory.
 /// let rc = unsafe { syscall!(shutdown(fd, libc::SHUT_WR)) }?;
 /// ```
