@@ -11,14 +11,18 @@
 //! `GET /readyz` 200 (the listener is closed at the signal, so nobody asks it while
 //! draining); anything else 404 (405 for another method on `/kv/`).
 //!
-//! The database is `GRACERING_BENCH_DB` (required), a table `kv(key TEXT PRIMARY KEY,
-//! value BLOB)`, in WAL mode with `synchronous=NORMAL` and a busy timeout of
-//! `GRACERING_BENCH_BUSY_TIMEOUT_MS` (5000) on every connection.
+//! The database is `GRACERING_BENCH_DB` (required): the kv example's table
+//! `kv(k TEXT PRIMARY KEY NOT NULL, v BLOB NOT NULL)` and its statements (a PUT is an
+//! IMMEDIATE transaction, UPDATE then INSERT when nothing was updated), in WAL mode
+//! with `synchronous=NORMAL` and a busy timeout of `GRACERING_BENCH_BUSY_TIMEOUT_MS`
+//! (5000) on every connection; a lock still taken past it is a 503, any other database
+//! error a 500. A key is 1 to 256 bytes without `/`, else 400.
 //!
 //! On SIGTERM (read from a signalfd) it drops the listener, asks every connection to shut
 //! down gracefully (hyper's `graceful_shutdown`: idle ones close at once, busy ones after
 //! their response, so requests waiting on the database are answered) and waits for
-//! them at most the grace period (`GRACERING_BENCH_GRACE_MS`, 25000), then closes the
+//! them at most the grace period (`GRACERING_BENCH_GRACE_MS`, 25000), then checkpoints
+//! the WAL (`wal_checkpoint(TRUNCATE)`, as the kv example does) and closes the
 //! database connections. It prints one JSON line `{"drain":{...}}` on stderr and exits
 //! 0, or 3 when the grace period ran out and the rest was cut. It serves on
 //! `GRACERING_BENCH_ADDR` (`127.0.0.1:0`) and prints `kv-hyper: listening on IP:PORT`.
@@ -36,7 +40,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -44,8 +48,17 @@ use tokio::sync::{Semaphore, watch};
 const LIFETIME: Duration = Duration::from_secs(600);
 /// Exit code when the grace period ran out, as gracering's examples use.
 const EXIT_CUT: i32 = 3;
+/// The longest key, in bytes, as the kv example's.
+const MAX_KEY: usize = 256;
 /// The largest value a PUT may carry.
 const MAX_VALUE: usize = 1 << 20;
+
+/// Why a database call failed: the write lock stayed taken past the busy timeout (503),
+/// or anything else (500).
+enum DbError {
+    Busy(String),
+    Other(String),
+}
 
 /// The database connections and the permits that guard them.
 struct Pool {
@@ -62,7 +75,7 @@ impl Pool {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.execute(
-                "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY NOT NULL, v BLOB NOT NULL)",
                 [],
             )?;
             conns.push(conn);
@@ -77,8 +90,8 @@ impl Pool {
     async fn run<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, String> {
-        let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+    ) -> Result<T, DbError> {
+        let _permit = (self.permits.acquire().await).map_err(|e| DbError::Other(e.to_string()))?;
         let pool = self.clone();
         let blocking = tokio::task::spawn_blocking(move || {
             let mut conn = pool
@@ -92,14 +105,23 @@ impl Pool {
             result
         });
         match blocking.await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {
+                Err(DbError::Busy(e.to_string()))
+            }
+            Ok(Err(e)) => Err(DbError::Other(e.to_string())),
+            Err(e) => Err(DbError::Other(e.to_string())),
         }
     }
 
-    /// Closes every connection (checkpointing the WAL as SQLite does on the last close).
+    /// Checkpoints the WAL into the database file (`wal_checkpoint(TRUNCATE)`, as the
+    /// kv example does at its end), then closes every connection.
     fn close(&self) -> Result<(), Error> {
-        for conn in self.conns.lock().unwrap().drain(..) {
+        let conns: Vec<Connection> = self.conns.lock().unwrap().drain(..).collect();
+        if let Some(conn) = conns.first() {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        for conn in conns {
             conn.close().map_err(|(_, e)| e)?;
         }
         Ok(())
@@ -184,7 +206,11 @@ async fn route(req: Request<Incoming>, pool: Arc<Pool>) -> Result<Reply, Infalli
     Ok(match path.as_str() {
         "/healthz" if get => reply(StatusCode::OK, "ok"),
         "/readyz" if get => reply(StatusCode::OK, "ready"),
-        p => match p.strip_prefix("/kv/").filter(|k| !k.is_empty()) {
+        p => match p.strip_prefix("/kv/") {
+            Some(key) if key.is_empty() || key.len() > MAX_KEY || key.contains('/') => reply(
+                StatusCode::BAD_REQUEST,
+                "a key is 1 to 256 bytes, without '/'",
+            ),
             Some(key) => kv(req, key.to_owned(), pool).await,
             None => reply(StatusCode::NOT_FOUND, "not found"),
         },
@@ -197,13 +223,18 @@ async fn kv(req: Request<Incoming>, key: String, pool: Arc<Pool>) -> Reply {
         Method::GET | Method::HEAD => {
             let found = pool
                 .run(move |db| {
-                    let mut get = db.prepare_cached("SELECT value FROM kv WHERE key = ?1")?;
+                    let mut get = db.prepare_cached("SELECT v FROM kv WHERE k = ?1")?;
                     get.query_row(params![key], |row| row.get::<_, Vec<u8>>(0))
                         .optional()
                 })
                 .await;
             found.map(|value| match value {
-                Some(value) => bytes(StatusCode::OK, value.into()),
+                Some(value) => {
+                    let mut res = bytes(StatusCode::OK, value.into());
+                    let octets = HeaderValue::from_static("application/octet-stream");
+                    res.headers_mut().insert(CONTENT_TYPE, octets);
+                    res
+                }
                 None => reply(StatusCode::NOT_FOUND, "no such key"),
             })
         }
@@ -213,16 +244,18 @@ async fn kv(req: Request<Incoming>, key: String, pool: Arc<Pool>) -> Reply {
                 Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "value too large"),
             };
             let put = pool.run(move |db| {
-                let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let inserted = tx
-                    .prepare_cached("INSERT OR IGNORE INTO kv (key, value) VALUES (?1, ?2)")?
-                    .execute(params![key, &body[..]])?;
-                if inserted == 0 {
-                    tx.prepare_cached("UPDATE kv SET value = ?2 WHERE key = ?1")?
+                // IMMEDIATE: the write lock is taken first, through the busy handler.
+                let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let replaced = tx
+                    .prepare_cached("UPDATE kv SET v = ?2 WHERE k = ?1")?
+                    .execute(params![key, &body[..]])?
+                    > 0;
+                if !replaced {
+                    tx.prepare_cached("INSERT INTO kv (k, v) VALUES (?1, ?2)")?
                         .execute(params![key, &body[..]])?;
                 }
                 tx.commit()?;
-                Ok(inserted > 0)
+                Ok(!replaced)
             });
             put.await.map(|new| match new {
                 true => reply(StatusCode::CREATED, "created"),
@@ -231,8 +264,12 @@ async fn kv(req: Request<Incoming>, key: String, pool: Arc<Pool>) -> Reply {
         }
         Method::DELETE => {
             let deleted = pool.run(move |db| {
-                db.prepare_cached("DELETE FROM kv WHERE key = ?1")?
-                    .execute(params![key])
+                let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let n = tx
+                    .prepare_cached("DELETE FROM kv WHERE k = ?1")?
+                    .execute(params![key])?;
+                tx.commit()?;
+                Ok(n)
             });
             deleted.await.map(|n| match n {
                 0 => reply(StatusCode::NOT_FOUND, "no such key"),
@@ -244,9 +281,15 @@ async fn kv(req: Request<Incoming>, key: String, pool: Arc<Pool>) -> Reply {
             "use GET, PUT or DELETE",
         )),
     };
-    result.unwrap_or_else(|e| {
-        eprintln!("kv-hyper: database: {e}");
-        reply(StatusCode::SERVICE_UNAVAILABLE, "database error")
+    result.unwrap_or_else(|e| match e {
+        DbError::Busy(e) => {
+            eprintln!("kv-hyper: database busy: {e}");
+            reply(StatusCode::SERVICE_UNAVAILABLE, "database busy")
+        }
+        DbError::Other(e) => {
+            eprintln!("kv-hyper: database: {e}");
+            reply(StatusCode::INTERNAL_SERVER_ERROR, "database error")
+        }
     })
 }
 
