@@ -450,6 +450,9 @@ struct Drain {
     code: Option<i32>,
     killed: bool,
     lost: u64,
+    /// Of those, answered by a reset and by a clean close.
+    resets: u64,
+    eof: u64,
     /// Errors besides the lost requests.
     other_errors: u64,
     /// 2xx responses completed after the signal, and those of requests started before it.
@@ -461,12 +464,14 @@ struct Drain {
 impl Drain {
     fn describe(&self) -> String {
         format!(
-            "exit {:.1} ms after SIGTERM, code {}{}, lost {}, other errors {}, answered after \
-             the signal {} ({} in flight at it), refused after it {}",
+            "exit {:.1} ms after SIGTERM, code {}{}, lost {} (reset {}, closed {}), other errors \
+             {}, answered after the signal {} ({} in flight at it), refused after it {}",
             self.exit_ms,
             self.code.map_or("-".into(), |c| c.to_string()),
             if self.killed { " (killed)" } else { "" },
             self.lost,
+            self.resets,
+            self.eof,
             self.other_errors,
             self.after_signal,
             self.in_flight_answered,
@@ -510,6 +515,8 @@ fn measure_drain(
         code: stopped.code,
         killed: stopped.killed,
         lost: report.lost(),
+        resets: report.resets,
+        eof: report.unanswered_eof,
         other_errors: report.errors() - report.lost(),
         after_signal: after,
         in_flight_answered: in_flight,
