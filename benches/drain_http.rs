@@ -350,6 +350,7 @@ fn measure(
         addr,
         conns: sc.conns,
         path: sc.path.clone(),
+        requests: Arc::new([]),
         timeout: REPLY_TIMEOUT,
         limit: client_limit,
         cpu: Some(CLIENT_CPU),

@@ -1,9 +1,10 @@
 //! A drain-aware HTTP/1.1 load generator on raw epoll, counting every outcome.
 //!
 //! Each of `conns` connection slots runs a closed loop on one keep-alive connection:
-//! send `GET path`, wait until the whole response is back (framed by
-//! `Content-Length`, see [`crate::httpwire`]), send the next. One thread drives all
-//! slots from one level-triggered epoll set.
+//! send `GET path` (or the next of [`Config::requests`], taken in turn by all slots),
+//! wait until the whole response is back (framed by `Content-Length`, see
+//! [`crate::httpwire`]), send the next. One thread drives all slots from one
+//! level-triggered epoll set.
 //!
 //! Whenever a slot's connection ends (the response said `Connection: close`, the server
 //! closed or reset it, the response was bad or late) the slot reconnects at once, as a
@@ -16,7 +17,8 @@
 //! Every outcome is counted ([`Report`]): responses (2xx or not), connect refusals,
 //! requests sent but never answered (the server's FIN or RST came instead: [`Report::
 //! lost`]), responses cut short, invalid or late. For the timeline the report keeps the
-//! instant of every 2xx response and of every change in the number of open connections.
+//! instant of every 2xx response and of every change in the number of open connections,
+//! and the latency of every 2xx response (request started to response complete).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -41,8 +43,12 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Connection slots, each with one request in flight at a time.
     pub conns: usize,
-    /// What every request asks for (`/`, `/slow?ms=2000`).
+    /// What every request asks for (`/`, `/slow?ms=2000`), unless `requests` is given.
     pub path: String,
+    /// Whole requests (head and body) to send instead of `GET path`, taken in turn:
+    /// each request started, on any slot, is the next of the list, wrapping around.
+    /// Empty: `GET path` only.
+    pub requests: Arc<[Box<[u8]>]>,
     /// A response not complete this long after its request counts as a timeout.
     pub timeout: Duration,
     /// The run ends this long after it started, whatever is still going on.
@@ -88,6 +94,9 @@ pub struct Report {
     pub last_keepalive_sent: Option<Instant>,
     /// When each 2xx response completed.
     pub completions: Vec<Instant>,
+    /// The latency of each 2xx response, from the start of its request to the end of
+    /// the response, in nanoseconds (in the order of `completions`).
+    pub latencies_ns: Vec<u64>,
     /// When each lost request (reset or unanswered EOF) ended.
     pub lost_at: Vec<Instant>,
     /// Open connections: +1 at each connect, -1 at each close, with its instant.
@@ -147,7 +156,9 @@ enum Fault {
 struct Driver<'a> {
     cfg: &'a Config,
     epoll: Epoll,
-    req: Box<[u8]>,
+    /// The requests to send in turn, and the index of the next one.
+    reqs: Vec<Box<[u8]>>,
+    next_req: usize,
     slots: Vec<Option<Conn>>,
     live: usize,
     /// Slots to (re)connect once the current batch of events is handled.
@@ -160,7 +171,11 @@ impl<'a> Driver<'a> {
         Ok(Driver {
             cfg,
             epoll: Epoll::new()?,
-            req: httpwire::request(&cfg.path),
+            reqs: match cfg.requests.is_empty() {
+                true => vec![httpwire::request(&cfg.path)],
+                false => cfg.requests.to_vec(),
+            },
+            next_req: 0,
             slots: (0..cfg.conns).map(|_| None).collect(),
             live: 0,
             pending: (0..cfg.conns).rev().collect(),
@@ -197,6 +212,13 @@ impl<'a> Driver<'a> {
         self.report.still_open = self.live as u64;
         self.slots.clear();
         Ok(self.report)
+    }
+
+    /// The index of the next request to send.
+    fn pick(&mut self) -> usize {
+        let i = self.next_req;
+        self.next_req = (i + 1) % self.reqs.len();
+        i
     }
 
     /// Opens slot `token`'s connection and sends its first request.
@@ -242,8 +264,9 @@ impl<'a> Driver<'a> {
             since: Instant::now(),
             sent_after_signal: signalled,
             want_out: false,
+            req: self.pick(),
         };
-        let flushed = conn.flush(&self.epoll, token, &self.req);
+        let flushed = conn.flush(&self.epoll, token, &self.reqs[conn.req]);
         self.slots[token] = Some(conn);
         if let Err(fault) = flushed {
             self.fail(token, fault);
@@ -256,7 +279,7 @@ impl<'a> Driver<'a> {
         let Some(conn) = self.slots[token].as_mut() else {
             return;
         };
-        let response = match conn.advance(&self.epoll, token, &self.req) {
+        let response = match conn.advance(&self.epoll, token, &self.reqs[conn.req]) {
             Ok(Some(response)) => response,
             Ok(None) => return,
             Err(fault) => return self.fail(token, fault),
@@ -266,6 +289,8 @@ impl<'a> Driver<'a> {
             true => {
                 self.report.completed += 1;
                 self.report.completions.push(now);
+                let latency = now.saturating_duration_since(conn.since);
+                self.report.latencies_ns.push(latency.as_nanos() as u64);
             }
             false => self.report.non_2xx += 1,
         }
@@ -281,7 +306,11 @@ impl<'a> Driver<'a> {
             *last = conn.since.max(*last);
         }
         let signalled = self.cfg.signal.get().is_some();
-        if let Err(fault) = conn.start(now, signalled, &self.epoll, token, &self.req) {
+        let next = self.next_req;
+        self.next_req = (next + 1) % self.reqs.len();
+        let conn = self.slots[token].as_mut().expect("checked above");
+        conn.req = next;
+        if let Err(fault) = conn.start(now, signalled, &self.epoll, token, &self.reqs[next]) {
             self.fail(token, fault);
         }
     }
@@ -339,6 +368,8 @@ struct Conn {
     sent_after_signal: bool,
     /// Whether the epoll interest includes EPOLLOUT (only while a send is stuck).
     want_out: bool,
+    /// The index of the request in flight in the driver's list.
+    req: usize,
 }
 
 impl Conn {

@@ -3,7 +3,8 @@
 //! and their accept loop until it fires, and the plain-text response of the hyper peers.
 //!
 //! The peers are the binaries of this crate (`src/bin/`): `tokio-echo`,
-//! `tokio-drain-echo`, `hyper-hello` and `hyper-drain`. The benchmarks of the root crate
+//! `tokio-drain-echo`, `hyper-hello`, `hyper-drain`, `kv-hyper` (SQLite behind hyper)
+//! and `tokio-mailbox` (not a server: the mailbox bench's tokio `mpsc` round trips). The benchmarks of the root crate
 //! build them with `cargo build --release -p gracering-peers` and run them as pinned
 //! child processes; each serves on `GRACERING_BENCH_ADDR` (default `127.0.0.1:0`, loopback
 //! only) and prints a line holding its address on stdout. They live in a workspace
@@ -147,4 +148,30 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     res
+}
+
+/// Pins the calling thread to `cpu` (as `taskset -c CPU` does for a process).
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::other(format!("cpu {cpu} is out of range")));
+    }
+    // SAFETY: `cpu_set_t` is a plain bit array, valid when zeroed.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` was checked against `CPU_SETSIZE` above, so the bit is in bounds.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid `cpu_set_t` of the size passed; pid 0 is this thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The nearest-rank `q` quantile of sorted `values` (0 when empty).
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
