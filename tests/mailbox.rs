@@ -497,3 +497,35 @@ fn workers_post_to_each_other() {
         assert_eq!(report.total().messages, 20, "{backend}");
     }
 }
+
+#[test]
+fn http_the_grace_deadline_cuts_a_request_still_waiting_for_its_answer() {
+    let waiting = Rc::new(RefCell::new(Vec::new()));
+    let late = Rc::new(RefCell::new(Vec::new()));
+    let service = Deferring {
+        waiting: waiting.clone(),
+        late: late.clone(),
+    };
+    let builder = Builder::new().grace_period(Duration::from_millis(300));
+    let mut sim = Sim::with_config(Http::new(HttpConfig::default(), service), &builder);
+    let peer = sim.connect();
+    sim.send(peer, b"GET /db HTTP/1.1\r\nHost: x\r\n\r\n");
+    sim.run_until_idle();
+    sim.signal(libc::SIGTERM);
+    sim.run_until_idle();
+    assert!(!sim.is_closed(peer), "waiting on the database: kept through the drain");
+    sim.advance(Duration::from_millis(299));
+    sim.run_until_idle();
+    assert!(!sim.is_closed(peer));
+    sim.advance(Duration::from_millis(1));
+    sim.run_until_idle();
+    assert!(sim.is_closed(peer) && sim.is_done(), "cut at the grace deadline");
+    assert_eq!(sim.drain_report().aborted, 1);
+    assert_eq!(sim.received_len(peer), 0, "no half answer");
+    // The database answers after all: the request is gone, the answer comes back.
+    let addr = waiting.borrow()[0];
+    sim.mailbox().post_to(addr, "after the cut".into()).unwrap();
+    sim.run_until_idle();
+    assert_eq!(*late.borrow(), ["after the cut"]);
+    assert_eq!(sim.stats().messages_undelivered, 1);
+}
