@@ -513,13 +513,19 @@ fn http_the_grace_deadline_cuts_a_request_still_waiting_for_its_answer() {
     sim.run_until_idle();
     sim.signal(libc::SIGTERM);
     sim.run_until_idle();
-    assert!(!sim.is_closed(peer), "waiting on the database: kept through the drain");
+    assert!(
+        !sim.is_closed(peer),
+        "waiting on the database: kept through the drain"
+    );
     sim.advance(Duration::from_millis(299));
     sim.run_until_idle();
     assert!(!sim.is_closed(peer));
     sim.advance(Duration::from_millis(1));
     sim.run_until_idle();
-    assert!(sim.is_closed(peer) && sim.is_done(), "cut at the grace deadline");
+    assert!(
+        sim.is_closed(peer) && sim.is_done(),
+        "cut at the grace deadline"
+    );
     assert_eq!(sim.drain_report().aborted, 1);
     assert_eq!(sim.received_len(peer), 0, "no half answer");
     // The database answers after all: the request is gone, the answer comes back.
