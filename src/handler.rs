@@ -254,6 +254,8 @@ impl ConnId {
 pub struct Conn<'a> {
     pub(crate) id: ConnId,
     pub(crate) serial: u64,
+    /// Bytes of input waiting, unconsumed, when the callback began.
+    pub(crate) pending_input: usize,
     pub(crate) worker: usize,
     pub(crate) draining: bool,
     pub(crate) now: Instant,

@@ -118,6 +118,8 @@ struct Door<M> {
     /// Messages posted and not yet taken: the capacity check, and the worker's one-load
     /// test of whether anything waits.
     queued: Arc<AtomicUsize>,
+    /// Set once the worker stopped reading: posts fail with `Closed` from then on.
+    closed: Arc<AtomicBool>,
     shared: Arc<Shared>,
 }
 
@@ -211,6 +213,9 @@ impl<M> Mailbox<M> {
     }
 
     fn send(&self, envelope: Envelope<M>) -> Result<(), PostError<M>> {
+        if self.door.closed.load(Ordering::Acquire) {
+            return Err(PostError::Closed(envelope.msg));
+        }
         let queued = &self.door.queued;
         if queued.fetch_add(1, Ordering::AcqRel) >= self.door.capacity {
             queued.fetch_sub(1, Ordering::AcqRel);
@@ -244,8 +249,11 @@ thread_local! {
 }
 
 struct Current {
-    shared: *const Shared,
+    shared: Arc<Shared>,
     index: usize,
+    /// Whether the worker's turn is under way (it sends the batch at its end); outside
+    /// a turn a post wakes its target at once.
+    batching: bool,
     wakes: Vec<usize>,
 }
 
@@ -253,7 +261,7 @@ struct Current {
 /// worker of the same server (batched until the end of its turn), else its eventfd.
 fn wake(shared: &Arc<Shared>, worker: usize) {
     let batched = CURRENT.with(|c| match c.borrow_mut().as_mut() {
-        Some(cur) if std::ptr::eq(cur.shared, Arc::as_ptr(shared)) && cur.index != worker => {
+        Some(cur) if cur.batching && Arc::ptr_eq(&cur.shared, shared) && cur.index != worker => {
             if !cur.wakes.contains(&worker) {
                 cur.wakes.push(worker);
             }
@@ -272,12 +280,23 @@ fn wake(shared: &Arc<Shared>, worker: usize) {
 pub(crate) fn enter_worker(shared: &Arc<Shared>, index: usize) -> WorkerThread {
     CURRENT.with(|c| {
         *c.borrow_mut() = Some(Current {
-            shared: Arc::as_ptr(shared),
+            shared: shared.clone(),
             index,
+            batching: false,
             wakes: Vec::new(),
         })
     });
     WorkerThread(())
+}
+
+/// The worker's turn begins: wake-ups its handlers cause wait for the end of the turn.
+#[inline]
+pub(crate) fn begin_batch() {
+    CURRENT.with(|c| {
+        if let Some(cur) = c.borrow_mut().as_mut() {
+            cur.batching = true;
+        }
+    });
 }
 
 /// Clears the worker mark of the thread when dropped.
@@ -285,22 +304,35 @@ pub(crate) struct WorkerThread(());
 
 impl Drop for WorkerThread {
     fn drop(&mut self) {
-        CURRENT.with(|c| *c.borrow_mut() = None);
+        // A batch left over (the loop unwound mid-turn) goes out through the eventfds.
+        let left = CURRENT.with(|c| c.borrow_mut().take());
+        HAS_WAKES.with(|h| h.set(false));
+        if let Some(cur) = left {
+            for &worker in &cur.wakes {
+                if let Some(waker) = cur.shared.wakers.get(worker) {
+                    waker.wake();
+                }
+            }
+        }
     }
 }
 
-/// The workers this worker's handlers posted to in the turn, to wake through the ring.
+/// The turn is over: the workers its handlers posted to, to wake through the ring
+/// (posts from now until the next turn wake their targets at once).
 #[inline]
-pub(crate) fn take_wakes(into: &mut Vec<usize>) {
-    if !HAS_WAKES.with(Cell::get) {
-        return;
-    }
-    HAS_WAKES.with(|h| h.set(false));
+pub(crate) fn end_batch(into: &mut Vec<usize>) {
+    let has_wakes = HAS_WAKES.with(Cell::get);
     CURRENT.with(|c| {
         if let Some(cur) = c.borrow_mut().as_mut() {
-            into.append(&mut cur.wakes);
+            cur.batching = false;
+            if has_wakes {
+                into.append(&mut cur.wakes);
+            }
         }
     });
+    if has_wakes {
+        HAS_WAKES.with(|h| h.set(false));
+    }
 }
 
 /// The receiving side, owned by the worker's engine.
@@ -308,6 +340,7 @@ pub(crate) struct Inbox<M> {
     rx: Receiver<Envelope<M>>,
     awake: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
+    closed: Arc<AtomicBool>,
 }
 
 impl<M> Inbox<M> {
@@ -336,6 +369,13 @@ impl<M> Inbox<M> {
         false
     }
 
+    /// The worker stops reading: later posts fail with `Closed` (what is queued is
+    /// still taken by the caller).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
     /// The worker woke: posts need no wake-up until it sleeps again.
     #[inline]
     pub fn set_awake(&self) {
@@ -357,18 +397,25 @@ pub(crate) fn channel<M>(
     let (tx, rx) = crossbeam_channel::unbounded();
     let awake = Arc::new(AtomicBool::new(true));
     let queued = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicBool::new(false));
     let door = Door {
         tx,
         capacity: capacity.max(1),
         worker,
         awake: awake.clone(),
         queued: queued.clone(),
+        closed: closed.clone(),
         shared,
     };
     (
         Mailbox {
             door: Arc::new(door),
         },
-        Inbox { rx, awake, queued },
+        Inbox {
+            rx,
+            awake,
+            queued,
+            closed,
+        },
     )
 }

@@ -316,8 +316,15 @@ fn drive<H: Handler, D: Driver>(
         log::warn(format_args!(
             "worker {index}: wait failed: {e}; releasing the backend"
         ));
+        // The others start draining now, not after this worker's release.
+        if shared.begin(Trigger::WorkerFailed, Instant::now()) {
+            shared.wake_all();
+        }
     }
     runner.release(served.is_err());
+    if served.is_err() {
+        runner.abandon();
+    }
     let mut report = runner.report();
     if let Err(e) = served {
         report.failure = Some(format!("wait failed: {e}"));

@@ -106,20 +106,15 @@ impl<H: Handler, D: Driver> Runner<H, D> {
     pub fn turn(&mut self, now: Instant) -> usize {
         let Runner { engine, driver, .. } = self;
         let mut events = 0;
+        mailbox::begin_batch();
         driver.with_queue(|q| engine.begin_turn(now, q));
         driver.reap(|event, q| {
             events += 1;
             engine.handle(event, q);
         });
-        let wakes = &mut self.wakes;
         driver.with_queue(|q| {
             events += engine.deliver_messages(q);
             engine.end_turn(q);
-            // Workers this turn's handlers posted to: one wake-up each, through the ring.
-            mailbox::take_wakes(wakes);
-            for j in wakes.drain(..) {
-                q.wake_worker(j);
-            }
         });
         for _ in 0..EXTRA_PASSES {
             if !driver.has_ready() {
@@ -133,6 +128,17 @@ impl<H: Handler, D: Driver> Runner<H, D> {
         }
         driver.publish();
         self.after_turn(now);
+        // Workers this turn's handlers posted to (teardowns included): one wake-up each,
+        // through the ring; posts after this point wake their targets directly.
+        mailbox::end_batch(&mut self.wakes);
+        if !self.wakes.is_empty() {
+            let wakes = &mut self.wakes;
+            self.driver.with_queue(|q| {
+                for j in wakes.drain(..) {
+                    q.wake_worker(j);
+                }
+            });
+        }
         events
     }
 
@@ -143,19 +149,20 @@ impl<H: Handler, D: Driver> Runner<H, D> {
         let Some(teardowns) = self.engine.take_teardowns() else {
             return;
         };
-        let mut panics = 0;
-        for (name, close) in teardowns {
-            log::info(format_args!("worker {index}: teardown {name}"));
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(close)) {
-                panics += 1;
-                log::warn(format_args!(
-                    "worker {index}: teardown {name} panicked: {}",
-                    panic_message(&*payload)
-                ));
-            }
-        }
+        let panics = run_teardowns(index, teardowns);
         let done = if self.real_clock { Instant::now() } else { now };
         self.engine.torn_down(done, panics);
+    }
+
+    /// After a failed serve and its release: the handler is told its connections are
+    /// gone, queued messages come back, and the teardowns run (closing what the worker
+    /// held, as after a drain).
+    pub fn abandon(&mut self) {
+        let index = self.engine.index();
+        let teardowns = self.engine.abandon();
+        let panics = run_teardowns(index, teardowns);
+        self.engine.torn_down(Instant::now(), panics);
+        self.engine.drain_notes(|note| log_note(index, note));
     }
 
     /// The serving phase: turns until the engine is done. An error from the wait ends
@@ -248,6 +255,23 @@ impl<H: Handler, D: Driver> Runner<H, D> {
             failure: None,
         }
     }
+}
+
+/// Runs teardowns in the order given, each logged and its panic caught; returns how
+/// many panicked.
+fn run_teardowns(index: usize, teardowns: Vec<crate::handler::Teardown>) -> u64 {
+    let mut panics = 0;
+    for (name, close) in teardowns {
+        log::info(format_args!("worker {index}: teardown {name}"));
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(close)) {
+            panics += 1;
+            log::warn(format_args!(
+                "worker {index}: teardown {name} panicked: {}",
+                panic_message(&*payload)
+            ));
+        }
+    }
+    panics
 }
 
 /// Logs one of the engine's notes as `worker N: ...`.

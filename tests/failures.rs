@@ -256,7 +256,8 @@ fn worker_fault(test: &str, fault: Fault, says: &str) {
     for backend in backends(test) {
         let before = open_fds();
         let flag = Arc::new(AtomicBool::new(false));
-        let server = Running::start(backend, 2, Some((fault, flag.clone())), None);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let server = Running::start(backend, 2, Some((fault, flag.clone())), Some(log.clone()));
         let mut conns = clients(server.addr, 16);
         flag.store(true, Ordering::Release);
         for s in &mut conns {
@@ -286,6 +287,11 @@ fn worker_fault(test: &str, fault: Fault, says: &str) {
             Some("worker-failed"),
             "{json}"
         );
+        // The healthy worker's teardowns ran after its drain; the failed worker's too
+        // when its wait failed (a panic through the loop leaves no handler to run them).
+        let teardowns = log.lock().unwrap().len();
+        let want = if fault == Fault::WaitError { 4 } else { 2 };
+        assert_eq!(teardowns, want, "{backend}: {:?}", log.lock().unwrap());
         drop(conns);
         assert_eq!(
             open_fds(),

@@ -399,6 +399,10 @@ fn a_million_messages_from_8_threads_arrive_once_each_in_order() {
         let stats = report.total();
         assert_eq!(stats.messages, want, "{backend}");
         assert!(
+            matches!(boxes[0].post((0, 0)), Err(PostError::Closed(_))),
+            "{backend}: a stopped worker refuses posts"
+        );
+        assert!(
             stats.wakeups < want / 10,
             "{backend}: {} wake-ups for {want} messages",
             stats.wakeups
@@ -534,4 +538,30 @@ fn http_the_grace_deadline_cuts_a_request_still_waiting_for_its_answer() {
     sim.run_until_idle();
     assert_eq!(*late.borrow(), ["after the cut"]);
     assert_eq!(sim.stats().messages_undelivered, 1);
+}
+
+#[test]
+fn http_a_request_pipelined_during_a_wait_is_answered_before_the_drain_closes() {
+    let (mut sim, waiting, _) = deferring();
+    let peer = sim.connect();
+    sim.send(peer, b"GET /db HTTP/1.1\r\nHost: x\r\n\r\n");
+    sim.run_until_idle();
+    // The next request arrives while the first waits for its answer.
+    sim.send(peer, b"GET /now HTTP/1.1\r\nHost: x\r\n\r\n");
+    sim.run_until_idle();
+    sim.signal(libc::SIGTERM);
+    sim.run_until_idle();
+    let addr = waiting.borrow()[0];
+    sim.mailbox().post_to(addr, "first".into()).unwrap();
+    sim.run_until_idle();
+    let got = text(sim.take_received(peer));
+    let (first, second) = got.split_at(got.find("HTTP/1.1 200").unwrap() + 1);
+    let second_at = second.find("HTTP/1.1 200").expect(&got);
+    let (first, second) = (&got[..first.len() + second_at], &second[second_at..]);
+    assert!(
+        first.ends_with("first") && !first.contains("close"),
+        "{got}"
+    );
+    assert!(second.contains("close") && second.ends_with("now"), "{got}");
+    assert!(sim.is_closed(peer) && sim.is_done());
 }

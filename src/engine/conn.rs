@@ -178,6 +178,7 @@ impl<S> Connection<S> {
         let conn = Conn {
             id: ConnId(self.key),
             serial: self.serial,
+            pending_input: self.pending.len(),
             worker,
             draining,
             now,

@@ -98,8 +98,10 @@ impl<H: Handler> Engine<H> {
         }
     }
 
-    /// The worker is done: every message still queued goes back to the handler.
+    /// The worker is done: later posts fail with `Closed`, and every message still
+    /// queued goes back to the handler.
     pub fn close_mailbox(&mut self) {
+        self.inbox.close();
         while let Some(Envelope { msg, .. }) = self.inbox.try_take() {
             self.stats.messages += 1;
             self.undelivered(msg);

@@ -247,6 +247,31 @@ impl<H: Handler> Engine<H> {
         Some(list)
     }
 
+    /// The worker failed (its backend is gone, its descriptors closed by the driver):
+    /// every connection still open is told it closed (`on_close` with an EIO error,
+    /// counted as aborted), queued messages come back (`on_undelivered`), and the
+    /// teardowns are handed to the worker to run, last registered first.
+    pub fn abandon(&mut self) -> Vec<Teardown> {
+        let open: Vec<Connection<H::State>> = self.conns.drain().collect();
+        for c in open {
+            self.stats.closed += 1;
+            self.drain_counts.aborted += 1;
+            self.shared.closed();
+            if let Some(state) = c.state {
+                let reason = CloseReason::Error(libc::EIO);
+                if let Err(note) = guarded(Callback::Close, || self.handler.on_close(state, reason))
+                {
+                    self.stats.handler_panics += 1;
+                    self.notes.push(*note);
+                }
+            }
+        }
+        self.close_mailbox();
+        let mut list = std::mem::take(&mut self.worker.teardown);
+        list.reverse();
+        list
+    }
+
     /// The teardowns ran (`panics` of them panicked): the worker is done.
     pub fn torn_down(&mut self, now: Instant, panics: u64) {
         self.stats.teardown_panics += panics;

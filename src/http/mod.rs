@@ -505,7 +505,11 @@ impl<S: Service> Http<S> {
         write: impl FnOnce(&mut S, &mut Response<'_>),
     ) {
         let draining = conn.is_draining();
-        let close = !d.keep_alive || (draining || state.close_after) && d.last_received;
+        // Requests pipelined behind this one while it waited are in the pending input:
+        // then it is not the last received, and the connection stays open for them.
+        let last_received = d.last_received && conn.pending_input == 0;
+        let close = !d.keep_alive || (draining || state.close_after) && last_received;
+        let d = Deferred { last_received, ..d };
         let now = conn.now();
         // A new tag for each wait: an answer to an earlier one cannot be taken for it.
         state.requests += 1;

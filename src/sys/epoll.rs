@@ -166,12 +166,15 @@ impl Driver for EpollDriver {
         Ok(())
     }
 
-    fn begin_release(&mut self, _abort: bool) {
+    fn begin_release(&mut self, abort: bool) {
         // Nothing is in flight: a parked send is plain memory the kernel never saw.
         for slot in &mut self.q.slots {
             slot.parked = None;
         }
         self.q.deferred.clear();
+        if abort {
+            super::abort_sockets(&mut self.q.listener, &mut self.q.fds);
+        }
     }
 
     fn in_flight(&self) -> usize {

@@ -20,6 +20,18 @@ pub(crate) mod syscall;
 pub(crate) mod token;
 pub(crate) mod uring;
 
+/// A worker that failed lets go of its sockets at once: new handshakes are refused and
+/// the listener closed (the other workers' listeners take new connections), and every
+/// connection descriptor is closed so its peer sees the end now, not after the release.
+/// Operations still in flight hold their own reference to the socket: they end (or are
+/// cancelled) without touching a reused descriptor number.
+pub(crate) fn abort_sockets(listener: &mut Option<socket2::Socket>, fds: &mut fds::OpenFds) {
+    if let Some(listener) = listener.take() {
+        socket::refuse_new_handshakes(&listener);
+    }
+    fds.close_all();
+}
+
 /// Which kernel interface the workers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::contract::{ConnRef, Driver, Event, RecvEnd};
 use crate::log;
 use crate::shared::Shared;
+use crate::sys::abort_sockets;
 use crate::sys::fds::OpenFds;
 use crate::sys::signal::{SIGINFO_SIZE, signo};
 use crate::sys::token::{Kind, NO_CONN, decode, encode};
@@ -64,6 +65,9 @@ pub(crate) struct UringDriver {
     signalfd: Option<RawFd>,
     wake_fd: RawFd,
     releasing: bool,
+    /// One reap's completions, copied out so the completion queue has room again before
+    /// any of them is handled (handlers submit, and a full queue must not stall that).
+    cqes: Vec<(u64, i32, u32)>,
 }
 
 impl UringDriver {
@@ -108,7 +112,9 @@ impl UringDriver {
                 multishot_accept: true,
                 multishot_recv: true,
                 submitted_early: false,
+                overflow: std::collections::VecDeque::new(),
             },
+            cqes: Vec::with_capacity(config.ring_entries as usize * 4),
             signalfd,
             wake_fd,
             releasing: false,
@@ -161,8 +167,15 @@ impl Driver for UringDriver {
 
     fn reap(&mut self, mut handle: impl FnMut(Event<'_>, &mut UringQueue<'_>)) {
         let (mut rearm_signal, mut rearm_wake) = (false, false);
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
+        ); // the completion queue's head is published here: the kernel has room again
         {
-            let (submitter, sq, cq) = self.ring.split();
+            let (submitter, sq, _) = self.ring.split();
             let mut q = UringQueue {
                 submitter,
                 sq,
@@ -174,8 +187,7 @@ impl Driver for UringDriver {
                 rearm_signal: &mut rearm_signal,
                 rearm_wake: &mut rearm_wake,
             };
-            for cqe in cq {
-                let (user_data, res, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
+            for &(user_data, res, flags) in &cqes {
                 let Some((kind, conn)) = decode(user_data) else {
                     log::warn(format_args!(
                         "completion with unknown user_data {user_data:#x}"
@@ -188,6 +200,7 @@ impl Driver for UringDriver {
                 reaper.dispatch(kind, conn, res, flags, &mut q, &mut handle);
             }
         }
+        self.cqes = cqes;
         self.arm_own_reads(rearm_signal, rearm_wake);
     }
 
@@ -201,6 +214,10 @@ impl Driver for UringDriver {
 
     fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.st.submitted_early = false;
+        let mut timeout = timeout;
+        if !self.st.overflow.is_empty() && !self.with_queue(|q| q.flush_overflow()) {
+            timeout = Some(Duration::ZERO); // more to submit: reap, then come back
+        }
         let submitter = self.ring.submitter();
         let result = match timeout {
             None => submitter.submit_and_wait(1),
@@ -230,6 +247,9 @@ impl Driver for UringDriver {
                 q.cancel(encode(Kind::WakeRead, NO_CONN));
             }
         });
+        if abort {
+            abort_sockets(&mut self.st.listener, &mut self.st.fds);
+        }
     }
 
     fn in_flight(&self) -> usize {
@@ -259,6 +279,9 @@ impl UringDriver {
 impl Drop for UringDriver {
     fn drop(&mut self) {
         self.st.shared.wakers[self.st.index].set_ring_fd(-1);
+        // Entries that never reached the kernel will never complete.
+        self.st.inflight -= self.st.overflow.len().min(self.st.inflight);
+        self.st.overflow.clear();
         if self.st.inflight > 0 {
             self.settle(Duration::from_secs(2));
         }
@@ -350,6 +373,13 @@ impl Reaper<'_> {
                 }
                 if res >= 0 || matches!(-res, libc::EAGAIN | libc::EINTR) {
                     *self.rearm_wake = true;
+                } else if -res != libc::ECANCELED {
+                    // Without it, eventfd wake-ups (the shutdown handle, posts from plain
+                    // threads) no longer reach this worker: say so.
+                    log::warn(format_args!(
+                        "eventfd read failed: {}; wake-ups from other threads are lost",
+                        io::Error::from_raw_os_error(-res)
+                    ));
                 }
             }
             Kind::Wake => handle(Event::Wake, q),

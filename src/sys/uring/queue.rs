@@ -40,6 +40,9 @@ pub(crate) struct SubmitState {
     pub multishot_recv: bool,
     /// The queued entries were handed to the kernel before this turn's first shutdown.
     pub submitted_early: bool,
+    /// Entries that found the submission queue full: submitted, in order, before the
+    /// next wait. Counted in `inflight` already.
+    pub overflow: std::collections::VecDeque<Entry>,
 }
 
 /// One step's view of the submission side: the ring's submitter and queue, and the
@@ -85,23 +88,51 @@ impl UringQueue<'_> {
     /// Every pointer in `entry` (a send's bytes, a read's buffer) must stay valid, and
     /// not be moved or freed, until the completion that ends the operation is reaped.
     unsafe fn push_uncounted(&mut self, entry: Entry) {
-        loop {
+        if self.st.overflow.is_empty() {
             // SAFETY: the caller guarantees the entry's pointers outlive the operation.
             if unsafe { self.sq.push(&entry) }.is_ok() {
                 return;
             }
+            // Full: hand the queue to the kernel (without waiting) and try once more.
             self.sq.sync();
             if let Err(e) = self.submitter.submit() {
-                // EBUSY: the completion queue is full; wait for the kernel to make room.
-                if e.raw_os_error() != Some(libc::EBUSY) {
-                    log::warn(format_args!("io_uring submit while queue full: {e}"));
+                log::warn(format_args!("io_uring submit while the queue is full: {e}"));
+            }
+            self.sq.sync();
+            // SAFETY: as above.
+            if unsafe { self.sq.push(&entry) }.is_ok() {
+                return;
+            }
+        }
+        // Still no room (the kernel is busy): it waits here, in order, for the turn's
+        // submit-and-wait (`flush_overflow`); no spinning inside the reap.
+        self.st.overflow.push_back(entry);
+    }
+
+    /// Moves waiting entries into the submission queue as room allows, submitting (not
+    /// waiting) in between. Returns whether all of them went in.
+    pub fn flush_overflow(&mut self) -> bool {
+        for _ in 0..8 {
+            while let Some(entry) = self.st.overflow.front() {
+                // SAFETY: each entry was checked by `push_uncounted`'s caller: its
+                // pointers stay valid until its completion is reaped, which cannot come
+                // before it is submitted.
+                if unsafe { self.sq.push(entry) }.is_err() {
+                    break;
                 }
-                if let Err(e) = self.submitter.squeue_wait() {
-                    log::warn(format_args!("io_uring wait for queue room: {e}"));
-                }
+                self.st.overflow.pop_front();
+            }
+            if self.st.overflow.is_empty() {
+                return true;
+            }
+            self.sq.sync();
+            if let Err(e) = self.submitter.submit() {
+                log::warn(format_args!("io_uring submit of the overflow: {e}"));
+                return false;
             }
             self.sq.sync();
         }
+        self.st.overflow.is_empty()
     }
 
     /// Queues an entry that carries no pointer into user memory.
