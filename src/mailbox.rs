@@ -246,30 +246,31 @@ thread_local! {
     static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
     /// Whether `CURRENT` holds wake-ups to send: the one load the end of a turn pays.
     static HAS_WAKES: Cell<bool> = const { Cell::new(false) };
+    /// Whether a worker's turn is under way on this thread (it sends the batch at its
+    /// end); outside a turn a post wakes its target at once.
+    static BATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
 struct Current {
     shared: Arc<Shared>,
     index: usize,
-    /// Whether the worker's turn is under way (it sends the batch at its end); outside
-    /// a turn a post wakes its target at once.
-    batching: bool,
     wakes: Vec<usize>,
 }
 
 /// Wakes worker `worker`: through the calling worker's ring when the caller is another
 /// worker of the same server (batched until the end of its turn), else its eventfd.
 fn wake(shared: &Arc<Shared>, worker: usize) {
-    let batched = CURRENT.with(|c| match c.borrow_mut().as_mut() {
-        Some(cur) if cur.batching && Arc::ptr_eq(&cur.shared, shared) && cur.index != worker => {
-            if !cur.wakes.contains(&worker) {
-                cur.wakes.push(worker);
+    let batched = BATCHING.with(Cell::get)
+        && CURRENT.with(|c| match c.borrow_mut().as_mut() {
+            Some(cur) if Arc::ptr_eq(&cur.shared, shared) && cur.index != worker => {
+                if !cur.wakes.contains(&worker) {
+                    cur.wakes.push(worker);
+                }
+                HAS_WAKES.with(|h| h.set(true));
+                true
             }
-            HAS_WAKES.with(|h| h.set(true));
-            true
-        }
-        _ => false,
-    });
+            _ => false,
+        });
     if !batched && let Some(waker) = shared.wakers.get(worker) {
         waker.wake();
     }
@@ -282,7 +283,6 @@ pub(crate) fn enter_worker(shared: &Arc<Shared>, index: usize) -> WorkerThread {
         *c.borrow_mut() = Some(Current {
             shared: shared.clone(),
             index,
-            batching: false,
             wakes: Vec::new(),
         })
     });
@@ -292,11 +292,7 @@ pub(crate) fn enter_worker(shared: &Arc<Shared>, index: usize) -> WorkerThread {
 /// The worker's turn begins: wake-ups its handlers cause wait for the end of the turn.
 #[inline]
 pub(crate) fn begin_batch() {
-    CURRENT.with(|c| {
-        if let Some(cur) = c.borrow_mut().as_mut() {
-            cur.batching = true;
-        }
-    });
+    BATCHING.with(|b| b.set(true));
 }
 
 /// Clears the worker mark of the thread when dropped.
@@ -307,6 +303,7 @@ impl Drop for WorkerThread {
         // A batch left over (the loop unwound mid-turn) goes out through the eventfds.
         let left = CURRENT.with(|c| c.borrow_mut().take());
         HAS_WAKES.with(|h| h.set(false));
+        BATCHING.with(|b| b.set(false));
         if let Some(cur) = left {
             for &worker in &cur.wakes {
                 if let Some(waker) = cur.shared.wakers.get(worker) {
@@ -321,18 +318,16 @@ impl Drop for WorkerThread {
 /// (posts from now until the next turn wake their targets at once).
 #[inline]
 pub(crate) fn end_batch(into: &mut Vec<usize>) {
-    let has_wakes = HAS_WAKES.with(Cell::get);
+    BATCHING.with(|b| b.set(false));
+    if !HAS_WAKES.with(Cell::get) {
+        return;
+    }
+    HAS_WAKES.with(|h| h.set(false));
     CURRENT.with(|c| {
         if let Some(cur) = c.borrow_mut().as_mut() {
-            cur.batching = false;
-            if has_wakes {
-                into.append(&mut cur.wakes);
-            }
+            into.append(&mut cur.wakes);
         }
     });
-    if has_wakes {
-        HAS_WAKES.with(|h| h.set(false));
-    }
 }
 
 /// The receiving side, owned by the worker's engine.
