@@ -351,7 +351,16 @@ impl Reaper<'_> {
                 handle(Event::Sent { conn, result, buf }, q);
             }
             Kind::Close => handle(Event::Closed { conn }, q),
-            Kind::Cancel => {}
+            Kind::Cancel => {
+                // ENOENT: it had completed already; EALREADY: it is completing. Anything
+                // else (EINVAL: a cancel this kernel lacks) leaves the target in flight.
+                if res < 0 && !matches!(-res, libc::ENOENT | libc::EALREADY) {
+                    log::warn(format_args!(
+                        "io_uring cancel failed: {}",
+                        io::Error::from_raw_os_error(-res)
+                    ));
+                }
+            }
             Kind::Signal => {
                 if res == SIGINFO_SIZE as i32 {
                     let signo = signo(self.signal_buf);
