@@ -47,7 +47,9 @@ impl BufRing {
         let bufs = match map(bufs_bytes) {
             Ok(bufs) => bufs,
             Err(e) => {
-                unmap(entries.cast(), ring_bytes);
+                // SAFETY: `entries` was mapped just above with `ring_bytes`, and is
+                // unmapped once, here, before anything used it.
+                unsafe { unmap(entries.cast(), ring_bytes) };
                 return Err(e);
             }
         };
@@ -62,7 +64,8 @@ impl BufRing {
             bgid,
         };
         for bid in 0..count {
-            ring.recycle(bid);
+            // SAFETY: a new ring: no kernel knows it, and each id is put in once.
+            unsafe { ring.recycle(bid) };
         }
         ring.publish();
         Ok(ring)
@@ -101,7 +104,13 @@ impl BufRing {
     }
 
     /// Puts buffer `bid` back at the ring's tail. The kernel sees it after `publish`.
-    pub fn recycle(&mut self, bid: u16) {
+    ///
+    /// # Safety
+    ///
+    /// `bid` must be a buffer the kernel handed out (a reaped completion named it) and
+    /// that is not in the ring already, with no slice of it alive: a buffer in the ring
+    /// twice could be filled for two completions at once, one of them while it is read.
+    pub unsafe fn recycle(&mut self, bid: u16) {
         let bid = bid & (self.count - 1);
         let slot = (self.tail & (self.count - 1)) as usize;
         let addr = self.bufs.as_ptr() as u64 + u64::from(bid) * u64::from(self.size);
@@ -135,8 +144,12 @@ impl Drop for BufRing {
         // The driver drops this only after its io_uring is gone with no operation in
         // flight (or never registered it), so the kernel no longer reads the entries or
         // writes the buffers.
-        unmap(self.entries.cast(), self.ring_bytes);
-        unmap(self.bufs, self.bufs_bytes);
+        // SAFETY: both mappings were made by `map` with these lengths in `new`, and are
+        // unmapped once, here.
+        unsafe {
+            unmap(self.entries.cast(), self.ring_bytes);
+            unmap(self.bufs, self.bufs_bytes);
+        }
     }
 }
 
@@ -160,8 +173,14 @@ fn map(len: usize) -> io::Result<NonNull<u8>> {
     NonNull::new(addr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))
 }
 
-fn unmap(addr: NonNull<u8>, len: usize) {
-    // SAFETY: callers pass a mapping made by `map` with the same length, unmapped once.
+/// Unmaps `len` bytes at `addr`.
+///
+/// # Safety
+///
+/// `addr` and `len` must be a mapping made by [`map`], unmapped once, with nothing (the
+/// kernel included) using it any more.
+unsafe fn unmap(addr: NonNull<u8>, len: usize) {
+    // SAFETY: the caller's promise: our own mapping, unused from now on.
     if let Err(e) = unsafe { syscall!(munmap(addr.as_ptr().cast(), len)) } {
         crate::log::warn(format_args!("munmap of a buffer ring: {e}"));
     }
@@ -187,7 +206,9 @@ impl UnregisteredBufRing {
             .first()
             .copied()
             .unwrap_or(0);
-        self.0.recycle(bid);
+        // SAFETY: no kernel knows this ring; the bench hands each id out and back in
+        // turn, like a completion would, and the slice above is gone.
+        unsafe { self.0.recycle(bid) };
         first
     }
 
@@ -208,7 +229,8 @@ mod tests {
         let (b0, b1, b7) = unsafe { (ring.get(0, 128), ring.get(1, 128), ring.get(7, 500)) };
         assert_eq!(b1.as_ptr() as usize - b0.as_ptr() as usize, 128);
         assert_eq!(b7.len(), 128, "reads are clamped to the buffer size");
-        ring.recycle(3);
+        // SAFETY: no kernel knows the ring; the test only checks the tail.
+        unsafe { ring.recycle(3) };
         ring.publish();
         // SAFETY: test-only read of the published tail through the same address.
         let tail = unsafe { *BufRingEntry::tail(ring.entries.as_ptr()) };

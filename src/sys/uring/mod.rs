@@ -419,7 +419,9 @@ impl Reaper<'_> {
                 let data = unsafe { self.bufring.get(bid, res as usize) };
                 let queued = cqueue::sock_nonempty(flags);
                 handle(Event::Received { conn, data, queued }, q);
-                self.bufring.recycle(bid);
+                // SAFETY: the kernel handed `bid` out with this completion; the slice
+                // lent to the engine is gone, and the buffer goes back once.
+                unsafe { self.bufring.recycle(bid) };
             }
             if !cqueue::more(flags) {
                 let why = RecvEnd::Rearm;
@@ -428,7 +430,9 @@ impl Reaper<'_> {
             return;
         }
         if let Some(bid) = bid {
-            self.bufring.recycle(bid);
+            // SAFETY: the kernel handed `bid` out with this (failed or empty) completion;
+            // nothing read it, and it goes back once.
+            unsafe { self.bufring.recycle(bid) };
         }
         let why = match -res {
             0 => RecvEnd::Eof,
