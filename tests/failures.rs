@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use gracering::{Backend, Conn, Fault, Handler, Report, Server, ShutdownHandle, Worker};
+use gracering::{Backend, Conn, Fault, Handler, Report, ShutdownHandle, Worker};
 
 mod support;
-use support::skip::{Need, skip};
+use support::inproc::{self, backends};
 
 /// Echoes lines; `panic` panics in `on_data`; `mark` makes `on_drain` panic later.
 struct Fragile;
@@ -53,22 +53,6 @@ impl Handler for Fragile {
     }
 }
 
-/// The backends this machine runs. io_uring missing is a counted skip of that half of
-/// the test (a failure under CI, whose machines have it).
-fn backends(test: &str) -> Vec<Backend> {
-    let mut list = vec![Backend::Epoll];
-    match Server::builder()
-        .addr("127.0.0.1:0".parse().unwrap())
-        .workers(1)
-        .backend(Backend::Uring)
-        .bind()
-    {
-        Ok(_) => list.push(Backend::Uring),
-        Err(e) => skip(test, Need::IoUring, format!("{e}; tested on epoll only")),
-    }
-    list
-}
-
 /// A server running in a thread of this process.
 struct Running {
     addr: SocketAddr,
@@ -83,14 +67,9 @@ impl Running {
         fault: Option<(Fault, Arc<AtomicBool>)>,
         teardown_log: Option<Arc<Mutex<Vec<&'static str>>>>,
     ) -> Running {
-        let mut builder = Server::builder()
-            .addr("127.0.0.1:0".parse().unwrap())
-            .workers(workers)
-            .pin_workers(false)
-            .handle_signals(false)
+        let mut builder = inproc::builder(backend, workers)
             .linger(Duration::from_millis(200))
-            .grace_period(Duration::from_secs(10))
-            .backend(backend);
+            .grace_period(Duration::from_secs(10));
         if let Some((fault, flag)) = fault {
             builder = builder.inject_fault(0, fault, flag);
         }

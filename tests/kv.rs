@@ -52,8 +52,13 @@ fn spawn_kv(db: &Path, args: &[&str]) -> ChildServer {
 }
 
 /// SIGTERM, then the exit code, which must be 0; returns the server's stderr.
-fn stop(mut server: ChildServer) -> Vec<String> {
+fn stop(server: ChildServer) -> Vec<String> {
     server.signal(libc::SIGTERM);
+    exited(server)
+}
+
+/// Waits for a server already told to stop; its exit code must be 0. Returns its stderr.
+fn exited(mut server: ChildServer) -> Vec<String> {
     let (code, _) = server.wait_exit(Duration::from_secs(20));
     let lines = server.stderr_lines();
     assert_eq!(code, Some(0), "stderr: {lines:?}");
@@ -417,7 +422,10 @@ fn sigterm_while_hundreds_of_writes_wait_on_the_database() {
         assert_eq!(resp.status, 201, "PUT during-{i}: {resp:?}");
         assert_eq!(resp.header("connection"), Some("close"), "PUT during-{i}");
     }
-    let lines = stop(server);
+    // The drain is under way already: a second SIGTERM would force it (and cut the
+    // connections still lingering for these clients' FIN). Close them; wait for the exit.
+    drop(waiting);
+    let lines = exited(server);
     let closed = lines
         .iter()
         .position(|l| l.contains("database closed (checkpoint ok)"));

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use gracering::http::{Http, HttpConfig, Request, Response, Service, Status};
 use gracering::sim::Sim;
-use gracering::{Backend, Builder, Conn, ConnAddr, Handler, Mailbox, PostError, Server, Worker};
+use gracering::{Builder, Conn, ConnAddr, Handler, Mailbox, PostError, Worker};
 
 mod support;
-use support::skip::{Need, skip};
+use support::inproc::{self, backends};
 
 /// Addresses a test collects, and what its handler records.
 type Addrs = Rc<RefCell<Vec<ConnAddr>>>;
@@ -302,20 +302,6 @@ impl Drop for Tally {
     }
 }
 
-fn backends(test: &str) -> Vec<Backend> {
-    let mut list = vec![Backend::Epoll];
-    match Server::builder()
-        .addr("127.0.0.1:0".parse().unwrap())
-        .workers(1)
-        .backend(Backend::Uring)
-        .bind()
-    {
-        Ok(_) => list.push(Backend::Uring),
-        Err(e) => skip(test, Need::IoUring, format!("{e}; tested on epoll only")),
-    }
-    list
-}
-
 /// 8 threads post 1,000,000 messages to 2 workers: every one delivered exactly once, in
 /// order per sender, and far fewer wake-ups than messages (a worker that is awake needs
 /// none).
@@ -327,14 +313,7 @@ fn a_million_messages_from_8_threads_arrive_once_each_in_order() {
         let total = Arc::new(AtomicU64::new(0));
         let done = Arc::new(Mutex::new(Vec::new()));
         let mailboxes = Arc::new(Mutex::new(Vec::new()));
-        let server = Server::builder()
-            .addr("127.0.0.1:0".parse().unwrap())
-            .workers(2)
-            .pin_workers(false)
-            .handle_signals(false)
-            .backend(backend)
-            .bind()
-            .unwrap();
+        let server = inproc::builder(backend, 2).bind().unwrap();
         let handle = server.shutdown_handle();
         let (t, d, m) = (total.clone(), done.clone(), mailboxes.clone());
         let run = std::thread::spawn(move || {
@@ -453,14 +432,7 @@ fn workers_post_to_each_other() {
     for backend in backends("workers_post_to_each_other") {
         let peers = Arc::new(Mutex::new(Vec::new()));
         let heard = Arc::new(AtomicU64::new(0));
-        let server = Server::builder()
-            .addr("127.0.0.1:0".parse().unwrap())
-            .workers(2)
-            .pin_workers(false)
-            .handle_signals(false)
-            .backend(backend)
-            .bind()
-            .unwrap();
+        let server = inproc::builder(backend, 2).bind().unwrap();
         let (addr, handle) = (server.local_addr(), server.shutdown_handle());
         let (p, h) = (peers.clone(), heard.clone());
         let run = std::thread::spawn(move || {
