@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::thread;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use gracering::Server;
 use gracering::http::{Http, HttpConfig, Request, Response, Service, Status};
+use support::http1::{Resp, read_response};
 use support::observe::*;
 use support::serial::serial;
 use support::skip::{Need, skip};
@@ -40,55 +41,6 @@ fn serve(config: HttpConfig) -> SocketAddr {
     let addr = server.local_addr();
     thread::spawn(move || server.run(|_| Http::new(config.clone(), Test)));
     addr
-}
-
-/// One parsed response: status, lower-cased header lines, body.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<String>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        let prefix = format!("{name}: ");
-        self.headers.iter().find_map(|h| h.strip_prefix(&prefix))
-    }
-}
-
-/// Reads one response (Content-Length framed) from a buffered stream.
-fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(ErrorKind::UnexpectedEof.into());
-    }
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h)?;
-        let h = h.trim_end().to_ascii_lowercase();
-        if h.is_empty() {
-            break;
-        }
-        headers.push(h);
-    }
-    let len: usize = headers
-        .iter()
-        .find_map(|h| h.strip_prefix("content-length: "))
-        .map_or(0, |v| v.parse().unwrap());
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    Ok(Resp {
-        status,
-        headers,
-        body,
-    })
 }
 
 fn client(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {

@@ -7,7 +7,7 @@
 //! backend (`GRACERING_BACKEND`), which the example's Auto backend reads.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 mod support;
+use support::http1::{Resp, read_response_to};
 use support::observe::wait_server_read;
 use support::serial::serial;
 use support::{ChildServer, Rng, connect, spawn_example};
@@ -65,20 +66,6 @@ fn exited(mut server: ChildServer) -> Vec<String> {
     lines
 }
 
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: Vec<String>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        let prefix = format!("{name}: ");
-        self.headers.iter().find_map(|h| h.strip_prefix(&prefix))
-    }
-}
-
 /// One keep-alive connection.
 struct Client {
     w: TcpStream,
@@ -104,36 +91,7 @@ impl Client {
 
     /// Reads one response (Content-Length framed; none for HEAD).
     fn read(&mut self, head_only: bool) -> std::io::Result<Resp> {
-        let mut line = String::new();
-        if self.r.read_line(&mut line)? == 0 {
-            return Err(ErrorKind::UnexpectedEof.into());
-        }
-        let status = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            self.r.read_line(&mut h)?;
-            let h = h.trim_end().to_ascii_lowercase();
-            if h.is_empty() {
-                break;
-            }
-            headers.push(h);
-        }
-        let len: usize = headers
-            .iter()
-            .find_map(|h| h.strip_prefix("content-length: "))
-            .map_or(0, |v| v.parse().unwrap());
-        let mut body = vec![0u8; if head_only { 0 } else { len }];
-        self.r.read_exact(&mut body)?;
-        Ok(Resp {
-            status,
-            headers,
-            body,
-        })
+        read_response_to(&mut self.r, head_only)
     }
 
     fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Resp {

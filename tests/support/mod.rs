@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use testkit::process::{self, Launch};
 
+pub mod http1;
 pub mod inproc;
 pub mod observe;
 pub mod serial;
