@@ -84,6 +84,11 @@ impl Intents for Parked {
     fn cancel_accept(&mut self) {}
     fn wake_workers(&mut self) {}
     fn wake_worker(&mut self, _index: usize) {}
+    fn open_socket_now(&mut self, _v6: bool) -> Result<RawFd, i32> {
+        Err(libc::EMFILE) // the benches open no links
+    }
+    fn connect(&mut self, _conn: ConnRef, _fd: RawFd, _to: std::net::SocketAddr) {}
+    fn cancel_connect(&mut self, _conn: ConnRef) {}
     fn shutdown_write_now(&mut self, _conn: ConnRef, _fd: RawFd) {}
     fn shutdown_both_now(&mut self, _conn: ConnRef, _fd: RawFd) {}
     fn close_listener_now(&mut self, _backlog: &mut Vec<RawFd>) -> Option<i32> {

@@ -9,6 +9,7 @@
 //! buffer is lent to the engine for the one [`Event::Received`] call that names it.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
@@ -80,6 +81,12 @@ pub(crate) enum Event<'a> {
         result: Result<usize, i32>,
         buf: OutBuf,
     },
+    /// An outbound connect finished: `Ok` once connected, or a positive errno
+    /// (ECANCELED when the engine cancelled it).
+    Connected {
+        conn: ConnRef,
+        result: Result<(), i32>,
+    },
     /// The connection's descriptor is closed; no operation of it is in flight any more.
     Closed { conn: ConnRef },
     /// A shutdown signal (SIGTERM or SIGINT) was read from the signalfd.
@@ -123,6 +130,15 @@ pub(crate) trait Intents {
     /// Queued: wake worker `index` (this worker posted into its mailbox). No event
     /// answers it.
     fn wake_worker(&mut self, index: usize);
+    /// Synchronous: create a non-blocking TCP socket (IPv6 when `v6`) for an outbound
+    /// connection: the descriptor, or a positive errno (EMFILE, say).
+    fn open_socket_now(&mut self, v6: bool) -> Result<RawFd, i32>;
+    /// Queued: connect the socket made by [`open_socket_now`](Intents::open_socket_now)
+    /// to `to`; answered by one [`Event::Connected`].
+    fn connect(&mut self, conn: ConnRef, fd: RawFd, to: SocketAddr);
+    /// Queued: cancel the connection's connect; its [`Event::Connected`] follows (with
+    /// ECANCELED unless it completed first).
+    fn cancel_connect(&mut self, conn: ConnRef);
     /// Synchronous: shut down the write side (send FIN) now.
     fn shutdown_write_now(&mut self, conn: ConnRef, fd: RawFd);
     /// Synchronous: shut down both directions now (FIN; a receive in flight ends with

@@ -9,18 +9,21 @@
 //!  (first SIGTERM)         elapsed                backlog served         closed              torn down
 //!        │                    │                         │                     │                  │
 //!  Running ──▶ NotReady ──────┴──▶ StoppingAccept ──────┴──▶ Draining ────────┴──▶ Teardown ─────┴──▶ Done
-//!              readiness fails     cancel the accept,       each connection       embedder's resources,
-//!              (503), still        accept the backlog       told (on_drain);      reverse order of
-//!              accepting           until EAGAIN, then       idle ones close       registration
-//!                                  close the listener       at once (FIN)
+//!              readiness fails     cancel the accept,       each connection       outbound links and
+//!              (503), still        accept the backlog       told (on_drain);      registered resources,
+//!              accepting           until EAGAIN, then       idle ones close       reverse order of
+//!                                  close the listener       at once (FIN);        registration (a link:
+//!                                                           outbound links        goodbye, FIN, wait
+//!                                                           serve on              for its close)
 //!
 //!  grace_period after the signal, or a second signal: every remaining connection is
-//!  closed at once and counted as aborted (Force).
+//!  closed at once and counted as aborted (Force); in the teardown, the links still
+//!  open are closed at once.
 //! ```
 //!
-//! The phases only move forward. `Force` can arrive in any phase before `Teardown`;
-//! it never skips stopping the accept or the teardown, it only stops waiting for
-//! connections.
+//! The phases only move forward. `Force` can arrive in any phase before `Done`; it
+//! never skips stopping the accept or the teardown, it only stops waiting for
+//! connections (and, in the teardown, for links to say goodbye).
 
 use std::time::{Duration, Instant};
 
@@ -108,6 +111,11 @@ impl Drain {
         self.phase != Phase::Running
     }
 
+    /// Whether the worker is tearing down (or done): links close, none may open.
+    pub fn tearing_down(&self) -> bool {
+        matches!(self.phase, Phase::Teardown | Phase::Done)
+    }
+
     /// Whether connections were cut short (deadline or second signal).
     pub fn forced(&self) -> bool {
         self.forced
@@ -124,9 +132,11 @@ impl Drain {
     /// The next instant at which a `Tick` changes something.
     pub fn next_deadline(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Running | Phase::Teardown | Phase::Done => None,
+            Phase::Running | Phase::Done => None,
             Phase::NotReady { until } => Some(until.min(self.deadline?)),
-            Phase::StoppingAccept | Phase::Draining => self.deadline.filter(|_| !self.forced),
+            Phase::StoppingAccept | Phase::Draining | Phase::Teardown => {
+                self.deadline.filter(|_| !self.forced)
+            }
         }
     }
 
@@ -165,11 +175,11 @@ impl Drain {
                     steps.stop_accepting = true;
                 }
             }
-            (Phase::StoppingAccept | Phase::Draining, Input::Force { .. }) => {
+            (Phase::StoppingAccept | Phase::Draining | Phase::Teardown, Input::Force { .. }) => {
                 self.forced = true;
                 steps.abort_connections = true;
             }
-            (Phase::StoppingAccept | Phase::Draining, Input::Tick { now }) => {
+            (Phase::StoppingAccept | Phase::Draining | Phase::Teardown, Input::Tick { now }) => {
                 if !self.forced && self.deadline.is_some_and(|d| now >= d) {
                     self.forced = true;
                     steps.abort_connections = true;
@@ -216,11 +226,7 @@ impl Drain {
             )
             | (
                 Phase::Teardown,
-                Input::Begin { .. }
-                | Input::Force { .. }
-                | Input::Tick { .. }
-                | Input::AcceptStopped { .. }
-                | Input::ConnectionsGone { .. },
+                Input::Begin { .. } | Input::AcceptStopped { .. } | Input::ConnectionsGone { .. },
             )
             | (
                 Phase::Done,
@@ -408,10 +414,17 @@ mod tests {
         d.on(Input::AcceptStopped { now: t });
         d.on(Input::ConnectionsGone { now: t });
         assert_eq!(
-            d.on(Input::Force { now: t }),
-            Steps::default(),
-            "teardown is not interrupted"
+            d.next_deadline(),
+            Some(t + 100 * MS),
+            "the teardown is bounded"
         );
+        let forced = d.on(Input::Force { now: t });
+        assert!(
+            forced.abort_connections && !forced.teardown,
+            "a force in the teardown cuts its links, and the teardown goes on"
+        );
+        assert_eq!(d.phase(), Phase::Teardown);
+        assert_eq!(d.next_deadline(), None);
         d.on(Input::TornDown { now: t });
         for input in [
             Input::Begin {

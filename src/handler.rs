@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::buf::BufPool;
 use crate::mailbox::{ConnAddr, Mailbox};
+use crate::outbound::Local;
 
 /// A service's protocol logic, one instance per worker thread.
 ///
@@ -158,8 +159,10 @@ pub(crate) type Teardown = (String, Box<dyn FnOnce()>);
 /// ```
 pub struct Worker<M = ()> {
     pub(crate) index: usize,
-    pub(crate) teardown: Vec<Teardown>,
+    /// Each teardown with its place in the order of registration (shared with links).
+    pub(crate) teardown: Vec<(u64, Teardown)>,
     pub(crate) mailbox: Mailbox<M>,
+    pub(crate) local: Local<M>,
 }
 
 impl<M> Worker<M> {
@@ -168,6 +171,7 @@ impl<M> Worker<M> {
             index,
             teardown: Vec::new(),
             mailbox,
+            local: Local::new(index),
         }
     }
 
@@ -183,16 +187,25 @@ impl<M> Worker<M> {
         self.mailbox.clone()
     }
 
-    /// Registers a resource's teardown. Teardowns run in reverse order of registration,
-    /// after the worker's last connection closed.
+    /// The worker's [`Local`] handle: open outbound links
+    /// ([`Local::connect`](crate::Local::connect)), write to them, post to this worker's
+    /// connections. Keep it in the handler to use it from any callback.
+    pub fn local(&self) -> Local<M> {
+        self.local.clone()
+    }
+
+    /// Registers a resource's teardown. Teardowns (and links, see
+    /// [`Local::connect`](crate::Local::connect)) are closed in reverse order of
+    /// registration, after the worker's last accepted connection closed.
     pub fn on_teardown(&mut self, name: impl Into<String>, close: impl FnOnce() + 'static) {
-        self.teardown.push((name.into(), Box::new(close)));
+        let seq = self.local.next_seq();
+        self.teardown.push((seq, (name.into(), Box::new(close))));
     }
 }
 
 impl<M> std::fmt::Debug for Worker<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.teardown.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = self.teardown.iter().map(|(_, (n, _))| n.as_str()).collect();
         f.debug_struct("Worker")
             .field("index", &self.index)
             .field("teardown", &names)
@@ -220,6 +233,14 @@ pub enum CloseReason {
     /// A handler callback for this connection panicked; the connection was closed at
     /// once, without flushing its output (the panic is logged and counted).
     HandlerPanic,
+    /// An outbound connect was refused (ECONNREFUSED: nothing listens there).
+    Refused,
+    /// An outbound connect found no route (ENETUNREACH, EHOSTUNREACH).
+    Unreachable,
+    /// An outbound connect took longer than its timeout
+    /// ([`ConnectOptions::timeout`](crate::ConnectOptions::timeout)), or the kernel
+    /// gave up on the peer (ETIMEDOUT).
+    TimedOut,
 }
 
 impl CloseReason {
@@ -228,6 +249,9 @@ impl CloseReason {
         match *self {
             CloseReason::Error(errno) => Some(io::Error::from_raw_os_error(errno)),
             CloseReason::Reset => Some(io::ErrorKind::ConnectionReset.into()),
+            CloseReason::Refused => Some(io::ErrorKind::ConnectionRefused.into()),
+            CloseReason::Unreachable => Some(io::Error::from_raw_os_error(libc::EHOSTUNREACH)),
+            CloseReason::TimedOut => Some(io::ErrorKind::TimedOut.into()),
             CloseReason::PeerClosed
             | CloseReason::Handler
             | CloseReason::InputLimit

@@ -98,6 +98,7 @@ pub mod http;
 mod listener;
 mod log;
 mod mailbox;
+mod outbound;
 mod server;
 mod shared;
 #[cfg(feature = "sim")]
@@ -113,6 +114,7 @@ pub use config::Builder;
 pub use config::Fault;
 pub use handler::{CloseReason, Conn, ConnId, Handler, Worker};
 pub use mailbox::{ConnAddr, Mailbox, PostError};
+pub use outbound::{ConnectOptions, Link, LinkError, LinkId, LinkStatus, Local, Outbound};
 pub use server::Server;
 pub use shared::{ShutdownHandle, Trigger};
 pub use stats::{Report, WorkerDrain, WorkerReport, WorkerStats};

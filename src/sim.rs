@@ -37,6 +37,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,10 @@ struct PeerState {
     /// The peer ignores EOF instead of closing its own side in answer.
     holds_open: bool,
     closed: bool,
+    /// An outbound connection (the worker dialed it): where to, and whether its
+    /// connect is still waiting for the test's answer.
+    dialed: Option<SocketAddr>,
+    dialing: bool,
 }
 
 /// A completion waiting to be delivered at the next turn.
@@ -82,6 +87,7 @@ enum Pending {
     Sent(ConnRef, usize, OutBuf),
     RecvEnded(ConnRef, RecvEnd),
     Closed(ConnRef),
+    Connected(ConnRef, Result<(), i32>),
     AcceptEnded(i32),
     Signal(i32),
     Stale(ConnRef, Vec<u8>),
@@ -193,6 +199,35 @@ impl Intents for Kernel {
         self.ops += 1;
     }
 
+    fn open_socket_now(&mut self, _v6: bool) -> Result<RawFd, i32> {
+        self.ops += 1;
+        self.next_fd += 1;
+        Ok(self.next_fd)
+    }
+
+    fn connect(&mut self, conn: ConnRef, fd: RawFd, to: SocketAddr) {
+        self.ops += 1;
+        self.peers.push(PeerState {
+            fd: Some(fd),
+            conn: Some(conn),
+            dialed: Some(to),
+            dialing: true,
+            ..PeerState::default()
+        });
+    }
+
+    fn cancel_connect(&mut self, conn: ConnRef) {
+        self.ops += 1;
+        if let Some(p) = self.peer_of(conn)
+            && p.dialing
+        {
+            p.dialing = false;
+            p.closed = true;
+            self.completions
+                .push_back(Pending::Connected(conn, Err(libc::ECANCELED)));
+        }
+    }
+
     fn shutdown_write_now(&mut self, conn: ConnRef, fd: RawFd) {
         self.ops += 1;
         if let Some(p) = self.bind(conn, fd) {
@@ -257,6 +292,9 @@ impl Driver for SimDriver {
                 }
                 Pending::RecvEnded(conn, why) => handle(Event::RecvEnded { conn, why }, kernel),
                 Pending::Closed(conn) => handle(Event::Closed { conn }, kernel),
+                Pending::Connected(conn, result) => {
+                    handle(Event::Connected { conn, result }, kernel)
+                }
                 Pending::AcceptEnded(errno) => handle(Event::AcceptEnded { errno }, kernel),
                 Pending::Signal(signo) => handle(Event::Signal { signo }, kernel),
                 Pending::Stale(conn, data) => {
@@ -345,11 +383,21 @@ impl<H: Handler> Sim<H> {
     /// A simulated worker 0 with the settings of `builder` (buffer size, limits, drain
     /// settings). Signals are delivered with [`signal`](Sim::signal).
     pub fn with_config(handler: H, builder: &Builder) -> Sim<H> {
+        Sim::with_factory(builder, |_| handler)
+    }
+
+    /// A simulated worker 0 whose handler `factory` makes, as a server's factory does
+    /// (it may register teardowns and open links).
+    pub fn with_factory(
+        builder: &Builder,
+        factory: impl FnOnce(&mut Worker<H::Message>) -> H,
+    ) -> Sim<H> {
         let config: &Config = builder.config();
         let now = Instant::now(); // the virtual clock's origin; it moves by `advance`
         let shared = Shared::without_wakers();
         let (mailbox, inbox) = mailbox::channel(shared.clone(), 0, config.mailbox_capacity);
-        let worker = Worker::new(0, mailbox.clone());
+        let mut worker = Worker::new(0, mailbox.clone());
+        let handler = factory(&mut worker);
         let engine = Engine::new(handler, (worker, inbox), config, shared, now);
         let driver = SimDriver {
             kernel: Kernel {
@@ -389,6 +437,42 @@ impl<H: Handler> Sim<H> {
         }
         self.kernel_mut().peers.push(state);
         Peer { index }
+    }
+
+    /// The outbound connects the worker started since the last call: the peer that
+    /// plays the remote end of each, and the address dialed. Each waits for
+    /// [`answer_dial`](Sim::answer_dial) (or the connect timeout).
+    pub fn take_dials(&mut self) -> Vec<(Peer, SocketAddr)> {
+        let mut dials = Vec::new();
+        for (index, p) in self.kernel_mut().peers.iter_mut().enumerate() {
+            if p.dialing
+                && let Some(to) = p.dialed.take()
+            {
+                dials.push((Peer { index }, to));
+            }
+        }
+        dials
+    }
+
+    /// Completes a dial: `Ok` connects, `Err(errno)` fails it (ECONNREFUSED, say).
+    pub fn answer_dial(&mut self, peer: Peer, result: Result<(), i32>) {
+        let p = &mut self.kernel_mut().peers[peer.index];
+        if !p.dialing {
+            return;
+        }
+        p.dialing = false;
+        if result.is_err() {
+            p.closed = true;
+        }
+        if let Some(conn) = p.conn {
+            let done = Pending::Connected(conn, result);
+            self.kernel_mut().completions.push_back(done);
+        }
+    }
+
+    /// The worker's [`Local`](crate::Local) handle.
+    pub fn local(&self) -> crate::Local<H::Message> {
+        self.runner.engine().local()
     }
 
     /// The peer sends bytes; the server receives them (in buffer-size chunks) at the next

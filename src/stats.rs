@@ -39,10 +39,25 @@ pub struct WorkerStats {
     /// Messages whose connection had closed (or that were still queued when the worker
     /// stopped), handed back through `Handler::on_undelivered`.
     pub messages_undelivered: u64,
-    /// Bytes received.
+    /// Bytes received on accepted connections.
     pub bytes_in: u64,
-    /// Bytes sent.
+    /// Bytes sent on accepted connections.
     pub bytes_out: u64,
+    /// Outbound connects started (every attempt of every link).
+    pub outbound_connects: u64,
+    /// Outbound connects that succeeded.
+    pub outbound_connected: u64,
+    /// Outbound connects that failed (refused, unreachable, timed out, no descriptor).
+    pub outbound_failed: u64,
+    /// Outbound connections closed after they had connected.
+    pub outbound_closed: u64,
+    /// Outbound links still open at the teardown's deadline (or at a forced end),
+    /// closed without their goodbye.
+    pub outbound_cut: u64,
+    /// Bytes received on outbound connections.
+    pub outbound_bytes_in: u64,
+    /// Bytes sent on outbound connections.
+    pub outbound_bytes_out: u64,
 }
 
 impl WorkerStats {
@@ -63,6 +78,13 @@ impl WorkerStats {
         self.messages_undelivered += other.messages_undelivered;
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
+        self.outbound_connects += other.outbound_connects;
+        self.outbound_connected += other.outbound_connected;
+        self.outbound_failed += other.outbound_failed;
+        self.outbound_closed += other.outbound_closed;
+        self.outbound_cut += other.outbound_cut;
+        self.outbound_bytes_in += other.outbound_bytes_in;
+        self.outbound_bytes_out += other.outbound_bytes_out;
     }
 }
 
@@ -74,7 +96,9 @@ impl fmt::Display for WorkerStats {
              \"recv_no_buffers\":{},\"reads_paused\":{},\"stale_completions\":{},\
              \"input_limit_closes\":{},\"handler_panics\":{},\"teardown_panics\":{},\
              \"messages\":{},\"messages_undelivered\":{},\"wakeups\":{},\"bytes_in\":{},\
-             \"bytes_out\":{}}}",
+             \"bytes_out\":{},\"outbound_connects\":{},\"outbound_connected\":{},\
+             \"outbound_failed\":{},\"outbound_closed\":{},\"outbound_cut\":{},\
+             \"outbound_bytes_in\":{},\"outbound_bytes_out\":{}}}",
             self.accepted,
             self.closed,
             self.accept_backoffs,
@@ -89,7 +113,14 @@ impl fmt::Display for WorkerStats {
             self.messages_undelivered,
             self.wakeups,
             self.bytes_in,
-            self.bytes_out
+            self.bytes_out,
+            self.outbound_connects,
+            self.outbound_connected,
+            self.outbound_failed,
+            self.outbound_closed,
+            self.outbound_cut,
+            self.outbound_bytes_in,
+            self.outbound_bytes_out
         )
     }
 }

@@ -11,6 +11,7 @@
 //!                (reap + end_turn again while the driver has events ready)
 //!                driver.publish()                   recycled receive buffers
 //!                log the engine's notes; run the teardowns once they are due
+//!                (the engine closes the outbound links between them)
 //!              until the engine is done
 //!              driver.submit_and_wait(next deadline)   the turn's one kernel entry
 //!            }
@@ -146,12 +147,16 @@ impl<H: Handler, D: Driver> Runner<H, D> {
     fn after_turn(&mut self, now: Instant) {
         let index = self.engine.index();
         self.engine.drain_notes(|note| log_note(index, note));
-        let Some(teardowns) = self.engine.take_teardowns() else {
-            return;
-        };
-        let panics = run_teardowns(index, teardowns);
-        let done = if self.real_clock { Instant::now() } else { now };
-        self.engine.torn_down(done, panics);
+        if let Some(teardowns) = self.engine.take_teardowns() {
+            let panics = run_teardowns(index, teardowns);
+            let Runner { engine, driver, .. } = self;
+            driver.with_queue(|q| engine.teardowns_ran(panics, q));
+            self.engine.drain_notes(|note| log_note(index, note));
+        }
+        if self.engine.teardown_complete() {
+            let done = if self.real_clock { Instant::now() } else { now };
+            self.engine.torn_down(done, 0);
+        }
     }
 
     /// After a failed serve and its release: the handler is told its connections are

@@ -86,7 +86,11 @@ impl Linger {
     }
 }
 
-/// A connection slot in the worker's slab.
+/// `Connection::link` of an accepted connection.
+pub(crate) const NO_LINK: u32 = u32::MAX;
+
+/// A connection slot in the worker's slab: an accepted connection, or the socket of an
+/// outbound link (`link` names it; the slab's keys are one space for both backends).
 #[derive(Debug)]
 pub(crate) struct Connection<S> {
     pub fd: RawFd,
@@ -95,8 +99,15 @@ pub(crate) struct Connection<S> {
     /// The worker's count of accepted connections when this one came: its mailbox
     /// address, never reused.
     pub serial: u64,
-    /// The handler's per-connection state; taken out for `on_close`.
+    /// The handler's per-connection state; taken out for `on_close` (always `None` on
+    /// a link's socket).
     pub state: Option<S>,
+    /// The outbound link this socket belongs to, or [`NO_LINK`].
+    pub link: u32,
+    /// An outbound connect is in flight (counts as an operation, like a receive).
+    pub connecting: bool,
+    /// A link's socket that connected.
+    pub up: bool,
     /// Output written by the handler and not yet handed to the kernel.
     pub out: Vec<u8>,
     /// Input the handler left unconsumed.
@@ -145,6 +156,9 @@ impl<S> Connection<S> {
             key,
             generation,
             state: None,
+            link: NO_LINK,
+            connecting: false,
+            up: false,
             out: Vec::new(),
             pending: Vec::new(),
             inflight: 0,
@@ -231,7 +245,7 @@ impl<S> Connection<S> {
 
     /// Arms the receive if the connection wants to read and none is in flight.
     pub fn arm_recv(&mut self, q: &mut impl Intents) {
-        if self.recv == Recv::Off && self.wants_read() {
+        if self.recv == Recv::Off && !self.connecting && self.wants_read() {
             q.recv(self.conn_ref(), self.fd);
             self.recv = Recv::Armed;
         }
@@ -262,6 +276,9 @@ impl<S> Connection<S> {
                 if self.sending {
                     q.cancel_send(self.conn_ref());
                 }
+                if self.connecting {
+                    q.cancel_connect(self.conn_ref());
+                }
                 self.cancel_recv(q);
             }
             (
@@ -286,6 +303,13 @@ impl<S> Connection<S> {
 
     /// Moves the close forward as far as the in-flight operations allow.
     pub fn advance_close(&mut self, q: &mut impl Intents, linger: &mut Linger) {
+        if let Closing::AfterFlush(reason) = self.closing
+            && self.connecting
+        {
+            // Closing before the connect finished: nothing was sent, nothing to flush.
+            self.closing = Closing::Now(reason);
+            q.cancel_connect(self.conn_ref());
+        }
         if let Closing::AfterFlush(reason) = self.closing
             && !self.sending
             && self.out.is_empty()
@@ -313,7 +337,7 @@ impl<S> Connection<S> {
         }
         if let Closing::Now(reason) = self.closing {
             self.cancel_recv(q);
-            if !self.sending && self.recv == Recv::Off {
+            if !self.sending && self.recv == Recv::Off && !self.connecting {
                 q.close(self.conn_ref(), self.fd);
                 self.closing = Closing::Submitted(reason);
             }

@@ -3,7 +3,8 @@
 //! its serial, so a closed or reused slot never gets another connection's answer).
 
 use super::conn::Closing;
-use super::{Callback, Engine, after_handler, contain, feed, guarded};
+use super::conn::NO_LINK;
+use super::{Callback, Engine, after_handler, contain, feed_handler, guarded};
 use crate::contract::Intents;
 use crate::handler::CloseRequest;
 use crate::handler::Handler;
@@ -34,7 +35,11 @@ impl<H: Handler> Engine<H> {
         self.inbox.may_sleep()
     }
 
-    fn on_envelope(&mut self, Envelope { to, msg }: Envelope<H::Message>, q: &mut impl Intents) {
+    pub(super) fn on_envelope(
+        &mut self,
+        Envelope { to, msg }: Envelope<H::Message>,
+        q: &mut impl Intents,
+    ) {
         self.stats.messages += 1;
         let Some(to) = to else {
             if let Err(note) = guarded(Callback::Message, || self.handler.on_message(msg)) {
@@ -49,7 +54,7 @@ impl<H: Handler> Engine<H> {
         let c = self
             .conns
             .get_mut(to.key as usize)
-            .filter(|c| c.serial == to.serial && c.closing == Closing::Open);
+            .filter(|c| c.serial == to.serial && c.closing == Closing::Open && c.link == NO_LINK);
         let Some(c) = c else {
             self.undelivered(msg);
             return;
@@ -65,7 +70,7 @@ impl<H: Handler> Engine<H> {
         let handled = match handled {
             Ok(()) if !c.pending.is_empty() && c.close_requested != CloseRequest::AfterFlush => {
                 // Input that waited for this answer (pipelined requests) is offered again.
-                feed(
+                feed_handler(
                     &mut self.handler,
                     c,
                     &mut self.pool,

@@ -19,6 +19,7 @@
 //! path: accept, receive, send, close.
 
 mod conn;
+mod links;
 mod messages;
 mod note;
 mod shutdown;
@@ -35,12 +36,14 @@ use crate::buf::BufPool;
 use crate::config::Config;
 use crate::contract::{ConnRef, Event, GEN_MASK, Intents, OutBuf, RecvEnd};
 use crate::drain::Drain;
-use crate::handler::{CloseReason, CloseRequest, Handler, Worker};
+use crate::handler::{CloseReason, CloseRequest, Conn, Handler, Teardown, Worker};
 use crate::mailbox::Inbox;
+use crate::outbound::{LinkId, Local};
 use crate::shared::Shared;
 use crate::stats::{WorkerDrain, WorkerStats};
 
-use conn::{Closing, Connection, Linger, Recv};
+use conn::{Closing, Connection, Linger, NO_LINK, Recv};
+use links::LinkSlot;
 pub(crate) use note::{Callback, Note, panic_message};
 use timer::Wheel;
 
@@ -95,8 +98,32 @@ pub(crate) struct Engine<H: Handler> {
     stats: WorkerStats,
     /// What happened that the worker should log, oldest first.
     notes: Vec<Note>,
-    /// The drain reached its teardown: the worker runs the registered teardowns.
+    /// The worker's handle on its own connections, shared with the handler's code.
+    local: Local<H::Message>,
+    /// The outbound links, by the key their [`LinkId`]s carry.
+    links: Vec<Option<LinkSlot<H::Message>>>,
+    /// Accepted connections open (the slab also holds the links' sockets).
+    inbound: usize,
+    /// The teardown: what is left to close, last registered at the end.
+    plan: Vec<Resource>,
+    /// Teardowns handed to the worker to run next.
+    ready: Vec<Teardown>,
+    /// The link whose close the teardown waits for.
+    waiting_link: Option<LinkId>,
+    /// The teardown is being advanced (its steps may call back into it).
+    advancing: bool,
+    /// Teardowns are ready for the worker to run.
     teardown_due: bool,
+    /// Everything is torn down: the worker may finish.
+    teardown_complete: bool,
+}
+
+/// One step of the teardown.
+enum Resource {
+    /// A teardown registered with [`Worker::on_teardown`], run by the worker.
+    Run(Teardown),
+    /// A link, closed by the engine (goodbye, FIN, its close awaited).
+    Link(LinkId),
 }
 
 impl<H: Handler> Engine<H> {
@@ -107,6 +134,7 @@ impl<H: Handler> Engine<H> {
         shared: Arc<Shared>,
         now: Instant,
     ) -> Engine<H> {
+        let local = worker.local.clone();
         Engine {
             handler,
             worker,
@@ -136,7 +164,15 @@ impl<H: Handler> Engine<H> {
             turn: 0,
             stats: WorkerStats::default(),
             notes: Vec::new(),
+            local,
+            links: Vec::new(),
+            inbound: 0,
+            plan: Vec::new(),
+            ready: Vec::new(),
+            waiting_link: None,
+            advancing: false,
             teardown_due: false,
+            teardown_complete: false,
         }
     }
 
@@ -158,7 +194,14 @@ impl<H: Handler> Engine<H> {
     /// first turn.
     pub fn start(&mut self, q: &mut impl Intents) {
         self.arm_accept(q);
+        self.take_local(q); // the links the factory opened
         self.sync_drain(q);
+    }
+
+    /// The worker's handle on its own connections.
+    #[cfg(feature = "sim")]
+    pub fn local(&self) -> Local<H::Message> {
+        self.local.clone()
     }
 
     /// The counters so far.
@@ -166,10 +209,10 @@ impl<H: Handler> Engine<H> {
         &self.stats
     }
 
-    /// How many connections are open (or closing) on this worker.
+    /// How many accepted connections are open (or closing) on this worker.
     #[cfg(any(test, feature = "sim"))]
     pub fn live(&self) -> usize {
-        self.conns.len()
+        self.inbound
     }
 
     /// Sets the turn's clock and fires the timers that are due.
@@ -183,6 +226,9 @@ impl<H: Handler> Engine<H> {
             if !self.drain.accept_closed() {
                 self.arm_accept(q);
             }
+        }
+        if self.next_retry().is_some_and(|at| at <= now) {
+            self.retry_links(now, q);
         }
         while let Some(conn) = self.linger.expired(now) {
             if let Some(c) = lookup(&mut self.conns, &mut self.stats, conn) {
@@ -216,6 +262,11 @@ impl<H: Handler> Engine<H> {
             }
             match c.timer_at {
                 Some(at) if at > now => c.file_timer(&mut self.timers),
+                Some(_) if c.closing == Closing::Open && c.link != NO_LINK => {
+                    c.timer_at = None;
+                    let key = c.key;
+                    self.link_timer(key, q);
+                }
                 Some(_) if c.closing == Closing::Open => {
                     c.timer_at = None;
                     let (mut handle, state) =
@@ -233,7 +284,7 @@ impl<H: Handler> Engine<H> {
                         // Input the handler set aside (while it waited on this timer, say)
                         // is offered again.
                         let ctx = (self.worker.index, draining, now);
-                        outcome = feed(&mut self.handler, c, &mut self.pool, ctx, &[]);
+                        outcome = feed_handler(&mut self.handler, c, &mut self.pool, ctx, &[]);
                     }
                     if let Err(note) = outcome {
                         contain(
@@ -256,10 +307,14 @@ impl<H: Handler> Engine<H> {
 
     /// The earliest instant at which the engine has something to do without an event.
     pub fn next_deadline(&self) -> Option<Instant> {
-        if !self.idle_watch.is_empty() {
-            return Some(self.linger.now); // look again right after one more kernel entry
+        if !self.idle_watch.is_empty() || !self.flush.is_empty() || self.local_pending() {
+            // Look again right after one more kernel entry: idle connections to check,
+            // output queued after the turn's end (a teardown's goodbye), requests made
+            // by code that ran after it.
+            return Some(self.linger.now);
         }
         [
+            self.next_retry(),
             self.acceptor.retry_at,
             self.linger.next_deadline(),
             self.drain.next_deadline(),
@@ -278,6 +333,7 @@ impl<H: Handler> Engine<H> {
             Event::Received { conn, data, queued } => self.on_received(conn, data, queued, q),
             Event::RecvEnded { conn, why } => self.on_recv_ended(conn, why, q),
             Event::Sent { conn, result, buf } => self.on_sent(conn, result, buf, q),
+            Event::Connected { conn, result } => self.on_connected(conn, result, q),
             Event::Closed { conn } => self.on_closed(conn, q),
             Event::Signal { signo } => self.on_signal(signo, q),
             Event::Wake => {
@@ -289,6 +345,9 @@ impl<H: Handler> Engine<H> {
 
     /// Ends the turn: everything written during it leaves in one send per connection.
     pub fn end_turn(&mut self, q: &mut impl Intents) {
+        if self.local.asked() {
+            self.take_local(q);
+        }
         if !self.drain_later.is_empty() {
             self.notify_later(q);
         }
@@ -351,6 +410,7 @@ impl<H: Handler> Engine<H> {
 
     fn on_accepted(&mut self, fd: i32, q: &mut impl Intents) {
         self.stats.accepted += 1;
+        self.inbound += 1;
         self.shared.opened();
         if self.acceptor.backoff.take().is_some() {
             self.notes.push(Note::AcceptRecovered {
@@ -434,7 +494,6 @@ impl<H: Handler> Engine<H> {
     }
 
     fn on_received(&mut self, conn: ConnRef, data: &[u8], queued: bool, q: &mut impl Intents) {
-        self.stats.bytes_in += data.len() as u64;
         let worker = self.worker.index;
         let draining = self.drain.draining();
         let now = self.linger.now;
@@ -446,10 +505,15 @@ impl<H: Handler> Engine<H> {
         c.input_queued = queued;
         c.quiet_since = None;
         c.last_input = now;
+        if c.link != NO_LINK {
+            let key = c.key;
+            return self.link_received(key, data, q);
+        }
+        self.stats.bytes_in += data.len() as u64;
         if c.closing != Closing::Open || c.close_requested == CloseRequest::AfterFlush {
             return; // closing: input is read only so that the close does not reset
         }
-        let fed = feed(
+        let fed = feed_handler(
             &mut self.handler,
             c,
             &mut self.pool,
@@ -507,7 +571,11 @@ impl<H: Handler> Engine<H> {
         c.sending = false;
         match result {
             Ok(n) if n > 0 => {
-                self.stats.bytes_out += n as u64;
+                if c.link == NO_LINK {
+                    self.stats.bytes_out += n as u64;
+                } else {
+                    self.stats.outbound_bytes_out += n as u64;
+                }
                 buf.pos += n;
                 if buf.pos < buf.buf.len() && !matches!(c.closing, Closing::Now(_)) {
                     c.inflight = buf.buf.len() - buf.pos;
@@ -546,6 +614,10 @@ impl<H: Handler> Engine<H> {
                 CloseReason::Error(libc::EBADF)
             }
         };
+        if c.link != NO_LINK {
+            return self.link_closed(c, reason, q);
+        }
+        self.inbound -= 1;
         self.stats.closed += 1;
         self.shared.closed();
         self.count_drained(&c);
@@ -575,7 +647,7 @@ impl<H: Handler> Drop for Engine<H> {
     /// An engine dropped with connections open belongs to a worker that failed (its
     /// backend closes their descriptors): they no longer count as live for the server.
     fn drop(&mut self) {
-        for _ in 0..self.conns.len() {
+        for _ in 0..self.inbound {
             self.shared.closed();
         }
     }
@@ -626,18 +698,37 @@ fn queue_flush<S>(c: &mut Connection<S>, flush: &mut Vec<u32>) {
     }
 }
 
-/// Offers the connection's pending input followed by `data` to the handler; what it
-/// leaves unconsumed stays pending (in a pooled buffer, freed once empty). A panic in
-/// the handler comes back as its note; the input is then dropped.
-fn feed<H: Handler>(
+/// The handler's `on_data` for one accepted connection's bytes (a connection whose
+/// `on_open` panicked has no state: its input is dropped).
+#[inline(always)]
+fn feed_handler<H: Handler>(
     handler: &mut H,
     c: &mut Connection<H::State>,
     pool: &mut BufPool,
-    (worker, draining, now): (usize, bool, Instant),
+    ctx: (usize, bool, Instant),
     data: &[u8],
 ) -> Result<(), Box<Note>> {
+    feed(c, pool, ctx, data, &mut |mut conn, state, rest| {
+        let Some(state) = state.as_mut() else {
+            return Ok(rest.len());
+        };
+        guarded(Callback::Data, || handler.on_data(state, &mut conn, rest))
+    })
+}
+
+/// Offers the connection's pending input followed by `data` to `consume`; what it
+/// leaves unconsumed stays pending (in a pooled buffer, freed once empty). A panic in
+/// the callback comes back as its note; the input is then dropped.
+#[inline(always)]
+fn feed<S>(
+    c: &mut Connection<S>,
+    pool: &mut BufPool,
+    (worker, draining, now): (usize, bool, Instant),
+    data: &[u8],
+    consume: &mut impl FnMut(Conn<'_>, &mut Option<S>, &[u8]) -> Result<usize, Box<Note>>,
+) -> Result<(), Box<Note>> {
     if c.pending.is_empty() {
-        let used = deliver(handler, c, pool, worker, draining, now, data)?;
+        let used = deliver(c, pool, worker, draining, now, data, consume)?;
         if used < data.len() && c.close_requested != CloseRequest::AfterFlush {
             c.pending = pool.take();
             c.pending.extend_from_slice(&data[used..]);
@@ -645,7 +736,7 @@ fn feed<H: Handler>(
     } else {
         let mut pending = mem::take(&mut c.pending);
         pending.extend_from_slice(data);
-        let delivered = deliver(handler, c, pool, worker, draining, now, &pending);
+        let delivered = deliver(c, pool, worker, draining, now, &pending, consume);
         let used = match delivered {
             Ok(used) => used,
             Err(note) => {
@@ -663,25 +754,23 @@ fn feed<H: Handler>(
     Ok(())
 }
 
-/// Offers `data` to the handler until it consumes all of it, stops making progress, or
+/// Offers `data` to `consume` until it consumes all of it, stops making progress, or
 /// asks to close. Returns how many bytes it consumed.
-fn deliver<H: Handler>(
-    handler: &mut H,
-    c: &mut Connection<H::State>,
+#[inline(always)]
+fn deliver<S>(
+    c: &mut Connection<S>,
     pool: &mut BufPool,
     worker: usize,
     draining: bool,
     now: Instant,
     data: &[u8],
+    consume: &mut impl FnMut(Conn<'_>, &mut Option<S>, &[u8]) -> Result<usize, Box<Note>>,
 ) -> Result<usize, Box<Note>> {
     let mut used = 0;
     while used < data.len() && c.close_requested != CloseRequest::AfterFlush {
-        let (mut conn, state) = c.view(worker, draining, now, pool);
-        let Some(state) = state.as_mut() else {
-            return Ok(data.len());
-        };
+        let (conn, state) = c.view(worker, draining, now, pool);
         let rest = &data[used..];
-        let n = guarded(Callback::Data, || handler.on_data(state, &mut conn, rest))?;
+        let n = consume(conn, state, rest)?;
         let n = n.min(data.len() - used);
         if n == 0 {
             break;

@@ -58,6 +58,8 @@ pub(crate) enum Note {
     },
     /// A handler callback panicked; the connection (if any) was closed.
     HandlerPanic { callback: Callback, message: String },
+    /// The teardown began with this many outbound links to close.
+    ClosingLinks { links: usize },
 }
 
 impl fmt::Display for Note {
@@ -89,6 +91,10 @@ impl fmt::Display for Note {
             Note::AcceptStopped { from_backlog, open } => write!(
                 f,
                 "accept stopped ({from_backlog} from the backlog), {open} connections open"
+            ),
+            Note::ClosingLinks { links } => write!(
+                f,
+                "teardown: closing {links} outbound links, last registered first"
             ),
             Note::Cutting { count } => write!(
                 f,
@@ -123,6 +129,7 @@ impl Note {
             | Note::DrainBegan { .. }
             | Note::DrainForced { .. }
             | Note::AcceptStopped { .. }
+            | Note::ClosingLinks { .. }
             | Note::LastClosed { .. } => false,
         }
     }

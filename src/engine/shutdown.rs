@@ -4,10 +4,12 @@
 
 use std::time::Instant;
 
-use super::{Callback, Engine, Note, after_handler, contain, guarded};
+use super::conn::NO_LINK;
+use super::{Callback, Engine, Note, Resource, after_handler, contain, guarded};
 use crate::contract::{ConnRef, Intents};
 use crate::drain::{Input, Phase, Steps};
 use crate::handler::{CloseReason, Handler, Teardown};
+use crate::outbound::LinkId;
 use crate::shared::Trigger;
 use crate::stats::WorkerDrain;
 
@@ -91,9 +93,12 @@ impl<H: Handler> Engine<H> {
         }
         if abort_connections {
             self.abort_connections(q);
+            if self.drain.tearing_down() {
+                self.cut_links(q);
+            }
         }
         if teardown {
-            self.teardown_due = true;
+            self.begin_teardown(q);
         }
         self.check_drained(q);
     }
@@ -123,7 +128,7 @@ impl<H: Handler> Engine<H> {
         }
         self.notes.push(Note::AcceptStopped {
             from_backlog,
-            open: self.conns.len(),
+            open: self.inbound,
         });
         let steps = self.drain.on(Input::AcceptStopped {
             now: self.linger.now,
@@ -135,8 +140,11 @@ impl<H: Handler> Engine<H> {
     /// connection closes once its output is flushed (at once when it is idle).
     fn notify_connections(&mut self, q: &mut impl Intents) {
         let turn = self.turn;
-        let mut now = Vec::with_capacity(self.conns.len());
+        let mut now = Vec::with_capacity(self.inbound);
         for (_, c) in self.conns.iter() {
+            if c.link != NO_LINK {
+                continue; // links serve on until the teardown
+            }
             if c.born_turn == turn {
                 self.drain_later.push(c.conn_ref());
             } else {
@@ -197,7 +205,7 @@ impl<H: Handler> Engine<H> {
     fn abort_connections(&mut self, q: &mut impl Intents) {
         let mut cut = 0;
         for (_, c) in self.conns.iter_mut() {
-            if !matches!(c.closing, Closing::Submitted(_)) {
+            if c.link == NO_LINK && !matches!(c.closing, Closing::Submitted(_)) {
                 c.aborted = true;
                 cut += 1;
                 c.begin_close(CloseReason::Shutdown, false, q, &mut self.linger);
@@ -221,7 +229,7 @@ impl<H: Handler> Engine<H> {
 
     /// Moves on once the worker's last connection is gone.
     pub(super) fn check_drained(&mut self, q: &mut impl Intents) {
-        if self.drain.phase() == Phase::Draining && self.conns.is_empty() {
+        if self.drain.phase() == Phase::Draining && self.inbound == 0 {
             self.notes.push(Note::LastClosed {
                 drained: self.drain_counts.drained,
                 idle: self.drain_counts.closed_idle,
@@ -234,17 +242,96 @@ impl<H: Handler> Engine<H> {
         }
     }
 
-    /// The teardowns to run now, last registered first: the drain reached its teardown
-    /// step. The worker runs them (embedder code, outside the engine) and then calls
-    /// [`torn_down`](Engine::torn_down). `None` until then.
+    /// The drain reached its teardown: the registered teardowns and the links, in one
+    /// list by order of registration, are closed last first.
+    fn begin_teardown(&mut self, q: &mut impl Intents) {
+        let mut plan: Vec<(u64, Resource)> = std::mem::take(&mut self.worker.teardown)
+            .into_iter()
+            .map(|(seq, t)| (seq, Resource::Run(t)))
+            .collect();
+        plan.extend(
+            self.links
+                .iter()
+                .flatten()
+                .map(|l| (l.seq, Resource::Link(l.id))),
+        );
+        plan.sort_by_key(|(seq, _)| *seq);
+        let links = self.link_count();
+        if links > 0 {
+            self.notes.push(Note::ClosingLinks { links });
+        }
+        self.plan = plan.into_iter().map(|(_, r)| r).collect();
+        self.advance_teardown(q);
+    }
+
+    /// Moves the teardown on: the teardowns up to the next link are handed to the
+    /// worker; a link is closed (with its goodbye, unless the drain was forced) and
+    /// waited for.
+    pub(super) fn advance_teardown(&mut self, q: &mut impl Intents) {
+        if !self.drain.tearing_down() || self.teardown_complete || self.advancing {
+            return;
+        }
+        if self.waiting_link.is_some_and(|id| self.link_exists(id)) || self.teardown_due {
+            return;
+        }
+        self.waiting_link = None;
+        self.advancing = true;
+        while let Some(step) = self.plan.pop() {
+            match step {
+                Resource::Run(t) => self.ready.push(t),
+                Resource::Link(id) if !self.ready.is_empty() => {
+                    self.plan.push(Resource::Link(id)); // after the teardowns before it
+                    break;
+                }
+                Resource::Link(id) => {
+                    if self.drain.forced() {
+                        self.cut_links(q);
+                    } else {
+                        self.close_link(id, true, q);
+                    }
+                    if self.link_exists(id) {
+                        self.waiting_link = Some(id);
+                        break;
+                    }
+                }
+            }
+        }
+        self.advancing = false;
+        if !self.ready.is_empty() {
+            self.teardown_due = true;
+        } else if self.plan.is_empty() && self.waiting_link.is_none() {
+            self.teardown_complete = true;
+        }
+    }
+
+    fn link_exists(&self, id: LinkId) -> bool {
+        self.links
+            .get(id.key as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|l| l.id == id)
+    }
+
+    /// The teardowns to run now, last registered first. The worker runs them (embedder
+    /// code, outside the engine) and then calls [`teardowns_ran`](Engine::teardowns_ran).
+    /// `None` until some are due.
     pub fn take_teardowns(&mut self) -> Option<Vec<Teardown>> {
         if !self.teardown_due {
             return None;
         }
         self.teardown_due = false;
-        let mut list = std::mem::take(&mut self.worker.teardown);
-        list.reverse();
-        Some(list)
+        Some(std::mem::take(&mut self.ready))
+    }
+
+    /// The teardowns handed out ran (`panics` of them panicked): the teardown goes on.
+    pub fn teardowns_ran(&mut self, panics: u64, q: &mut impl Intents) {
+        self.stats.teardown_panics += panics;
+        self.advance_teardown(q);
+    }
+
+    /// Whether everything is torn down: the worker then calls
+    /// [`torn_down`](Engine::torn_down).
+    pub fn teardown_complete(&self) -> bool {
+        self.teardown_complete && !self.is_done()
     }
 
     /// The worker failed (its backend is gone, its descriptors closed by the driver):
@@ -254,6 +341,10 @@ impl<H: Handler> Engine<H> {
     pub fn abandon(&mut self) -> Vec<Teardown> {
         let open: Vec<Connection<H::State>> = self.conns.drain().collect();
         for c in open {
+            if c.link != NO_LINK {
+                continue;
+            }
+            self.inbound -= 1;
             self.stats.closed += 1;
             self.drain_counts.aborted += 1;
             self.shared.closed();
@@ -266,13 +357,15 @@ impl<H: Handler> Engine<H> {
                 }
             }
         }
+        self.abandon_links();
         self.close_mailbox();
         let mut list = std::mem::take(&mut self.worker.teardown);
-        list.reverse();
-        list
+        list.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        list.into_iter().map(|(_, t)| t).collect()
     }
 
-    /// The teardowns ran (`panics` of them panicked): the worker is done.
+    /// The worker is done (after its teardown, or after `abandon` with `panics` of its
+    /// teardowns panicking).
     pub fn torn_down(&mut self, now: Instant, panics: u64) {
         self.stats.teardown_panics += panics;
         self.drain.on(Input::TornDown { now });

@@ -21,6 +21,8 @@ enum Op {
     CancelAccept,
     CloseListener,
     WakeWorkers,
+    Connect(ConnRef, std::net::SocketAddr),
+    CancelConnect(ConnRef),
 }
 
 #[derive(Default)]
@@ -70,6 +72,15 @@ impl Intents for Rec {
     }
     fn wake_worker(&mut self, _index: usize) {
         self.ops.push(Op::WakeWorkers);
+    }
+    fn open_socket_now(&mut self, _v6: bool) -> Result<i32, i32> {
+        Ok(900)
+    }
+    fn connect(&mut self, conn: ConnRef, _fd: i32, to: std::net::SocketAddr) {
+        self.ops.push(Op::Connect(conn, to));
+    }
+    fn cancel_connect(&mut self, conn: ConnRef) {
+        self.ops.push(Op::CancelConnect(conn));
     }
 }
 
@@ -143,11 +154,15 @@ fn setup(lines: bool, amplify: usize, config: Config) -> T {
 
 impl T {
     /// What the worker loop does after a turn: run the teardowns once they are due.
+    /// What the worker does after a turn: runs the teardowns due, then finishes.
     fn run_teardowns(&mut self) {
         if let Some(list) = self.engine.take_teardowns() {
             for (_, close) in list {
                 close();
             }
+            self.engine.teardowns_ran(0, &mut self.rec);
+        }
+        if self.engine.teardown_complete() {
             self.engine.torn_down(Instant::now(), 0);
         }
     }

@@ -13,11 +13,12 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::Socket;
+use socket2::{SockAddr, Socket};
 
 use super::fds::OpenFds;
 use super::signal::{SIGINFO_SIZE, signo};
@@ -42,6 +43,8 @@ struct Slot {
     reading: bool,
     /// A send that did not fit, waiting for the socket to become writable.
     parked: Option<OutBuf>,
+    /// An outbound connect in progress: the socket turns writable when it ends.
+    connecting: bool,
 }
 
 /// An event produced inside an intent, delivered by the next reap.
@@ -50,6 +53,7 @@ enum Deferred {
     Sent(ConnRef, Result<usize, i32>, OutBuf),
     RecvEnded(ConnRef, RecvEnd),
     Closed(ConnRef),
+    Connected(ConnRef, Result<(), i32>),
     AcceptEnded(i32),
     /// Read the connection now: it was armed, and bytes may already wait (no new edge
     /// would announce them).
@@ -211,6 +215,7 @@ impl Reader<'_> {
                 Deferred::Sent(conn, result, buf) => handle(Event::Sent { conn, result, buf }, q),
                 Deferred::RecvEnded(conn, why) => handle(Event::RecvEnded { conn, why }, q),
                 Deferred::Closed(conn) => handle(Event::Closed { conn }, q),
+                Deferred::Connected(conn, result) => handle(Event::Connected { conn, result }, q),
                 Deferred::AcceptEnded(errno) => handle(Event::AcceptEnded { errno }, q),
                 Deferred::TryRead(conn) => self.read_conn(conn, true, handle),
                 Deferred::TryAccept => self.accept_ready(handle),
@@ -230,7 +235,9 @@ impl Reader<'_> {
         match kind {
             Kind::Accept => self.accept_ready(handle),
             Kind::Recv => {
-                if bits & (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
+                let done = (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32;
+                if bits & done != 0 {
+                    self.connect_done(conn, handle);
                     self.write_parked(conn, handle);
                 }
                 let hup = bits & (libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
@@ -244,7 +251,12 @@ impl Reader<'_> {
                 Ok(false) => {}
                 Err(e) => log::warn(format_args!("eventfd read failed: {e}")),
             },
-            Kind::Send | Kind::Close | Kind::Cancel | Kind::Wake | Kind::MsgRing => {}
+            Kind::Send
+            | Kind::Close
+            | Kind::Cancel
+            | Kind::Wake
+            | Kind::MsgRing
+            | Kind::Connect => {}
         }
     }
 
@@ -312,6 +324,16 @@ impl Reader<'_> {
             handle(Event::RecvEnded { conn, why }, self.q);
             return;
         }
+    }
+
+    /// An outbound connect in progress ended (the socket turned writable, or failed).
+    fn connect_done(&mut self, conn: ConnRef, handle: &mut impl FnMut(Event<'_>, &mut EpollQueue)) {
+        let Some(slot) = self.q.slot_mut(conn).filter(|s| s.connecting) else {
+            return;
+        };
+        slot.connecting = false;
+        let result = socket::connect_result(slot.fd);
+        handle(Event::Connected { conn, result }, self.q);
     }
 
     /// Writes a parked send now that the socket may have room.
@@ -478,6 +500,52 @@ impl Intents for EpollQueue {
         if let Some(buf) = self.slot_mut(conn).and_then(|s| s.parked.take()) {
             self.deferred
                 .push_back(Deferred::Sent(conn, Err(libc::ECANCELED), buf));
+        }
+    }
+
+    fn open_socket_now(&mut self, v6: bool) -> Result<RawFd, i32> {
+        let fd = socket::open_stream(v6)?;
+        self.fds.insert(fd);
+        Ok(fd)
+    }
+
+    fn connect(&mut self, conn: ConnRef, fd: RawFd, to: SocketAddr) {
+        let key = conn.key as usize;
+        if self.slots.len() <= key {
+            self.slots.resize_with(key + 1, || Slot {
+                fd: -1,
+                ..Slot::default()
+            });
+        }
+        self.slots[key] = Slot {
+            generation: conn.generation,
+            fd,
+            registered: true,
+            ..Slot::default()
+        };
+        // Registered before the connect, edge-triggered for both directions: the
+        // writable edge tells the connect's end, the readable ones the data after it.
+        let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        let result = self
+            .ctl(libc::EPOLL_CTL_ADD, fd, events, encode(Kind::Recv, conn))
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+            .and_then(|()| socket::connect_start(fd, &SockAddr::from(to)));
+        match result {
+            Ok(false) => self.slots[key].connecting = true,
+            Ok(true) => self.deferred.push_back(Deferred::Connected(conn, Ok(()))),
+            Err(errno) => self
+                .deferred
+                .push_back(Deferred::Connected(conn, Err(errno))),
+        }
+    }
+
+    fn cancel_connect(&mut self, conn: ConnRef) {
+        if let Some(slot) = self.slot_mut(conn)
+            && slot.connecting
+        {
+            slot.connecting = false;
+            self.deferred
+                .push_back(Deferred::Connected(conn, Err(libc::ECANCELED)));
         }
     }
 

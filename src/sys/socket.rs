@@ -82,3 +82,47 @@ pub(crate) fn refuse_new_handshakes(listener: &Socket) {
         ));
     }
 }
+
+/// A new non-blocking TCP socket for an outbound connection (IPv6 when `v6`), with
+/// TCP_NODELAY (a client pipelines small requests: Nagle would hold them back): the
+/// descriptor, owned by the caller from now on, or the errno.
+pub(crate) fn open_stream(v6: bool) -> Result<RawFd, i32> {
+    use socket2::{Domain, Protocol, Type};
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let ty = Type::STREAM.nonblocking().cloexec();
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+    let socket = Socket::new(domain, ty, Some(Protocol::TCP)).map_err(errno)?;
+    socket.set_tcp_nodelay(true).map_err(errno)?;
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(socket))
+}
+
+/// Starts a non-blocking `connect(2)`: `Ok(true)` when it completed at once, `Ok(false)`
+/// while it is in progress (the socket turns writable when it ends), or the errno.
+pub(crate) fn connect_start(fd: RawFd, to: &socket2::SockAddr) -> Result<bool, i32> {
+    loop {
+        // SAFETY: connect on a socket the worker owns, with a live address of the
+        // length it says; the kernel copies the address during the call.
+        match unsafe { syscall!(connect(fd, to.as_ptr().cast(), to.len())) } {
+            Ok(_) => return Ok(true),
+            Err(e) => match e.raw_os_error().unwrap_or(libc::EIO) {
+                libc::EINPROGRESS => return Ok(false),
+                libc::EINTR => continue,
+                errno => return Err(errno),
+            },
+        }
+    }
+}
+
+/// How a non-blocking connect ended (SO_ERROR): `Ok` once connected, or the errno.
+pub(crate) fn connect_result(fd: RawFd) -> Result<(), i32> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let (ptr, lenp) = ((&raw mut err).cast(), &raw mut len);
+    // SAFETY: getsockopt writes at most `len` bytes (one c_int) into `err`, a live
+    // local, and its length into `len`.
+    match unsafe { syscall!(getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, ptr, lenp)) } {
+        Ok(_) if err == 0 => Ok(()),
+        Ok(_) => Err(err),
+        Err(e) => Err(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}

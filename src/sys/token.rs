@@ -29,6 +29,8 @@ pub(crate) enum Kind {
     Wake = 8,
     /// A MSG_RING this ring sent that failed (successes post nothing here).
     MsgRing = 9,
+    /// An outbound connect.
+    Connect = 10,
 }
 
 impl Kind {
@@ -43,6 +45,7 @@ impl Kind {
             7 => Kind::WakeRead,
             8 => Kind::Wake,
             9 => Kind::MsgRing,
+            10 => Kind::Connect,
             _ => return None,
         })
     }
@@ -83,6 +86,7 @@ mod tests {
             Kind::Send,
             Kind::Close,
             Kind::Cancel,
+            Kind::Connect,
         ] {
             let conn = ConnRef {
                 key: u32::MAX - 3,

@@ -45,7 +45,7 @@ pub(crate) use bufring::UnregisteredBufRing;
 pub(crate) use queue::UringQueue;
 pub(crate) use setup::build_ring;
 
-use queue::{SubmitState, take_parked};
+use queue::{SubmitState, take_connect, take_parked};
 
 /// The buffer group id of every worker's receive buffer ring (one ring per io_uring).
 const BGID: u16 = 0;
@@ -102,6 +102,7 @@ impl UringDriver {
             wake_buf: ManuallyDrop::new(Box::new(0)),
             st: SubmitState {
                 sends: Vec::new(),
+                connects: Vec::new(),
                 listener: Some(listener),
                 fds: OpenFds::default(),
                 inflight: 0,
@@ -308,6 +309,7 @@ impl Drop for UringDriver {
                 self.st.index, self.st.inflight
             ));
             std::mem::forget(std::mem::take(&mut self.st.sends));
+            std::mem::forget(std::mem::take(&mut self.st.connects));
         }
         // Descriptors the engine never closed (a worker that failed): the peers see the
         // connection end instead of hanging.
@@ -351,6 +353,11 @@ impl Reaper<'_> {
                 handle(Event::Sent { conn, result, buf }, q);
             }
             Kind::Close => handle(Event::Closed { conn }, q),
+            Kind::Connect => {
+                take_connect(&mut q.st.connects, conn);
+                let result = if res >= 0 { Ok(()) } else { Err(-res) };
+                handle(Event::Connected { conn, result }, q);
+            }
             Kind::Cancel => {
                 // ENOENT: it had completed already; EALREADY: it is completing. Anything
                 // else (EINVAL: a cancel this kernel lacks) leaves the target in flight.

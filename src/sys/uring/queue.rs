@@ -5,12 +5,13 @@
 //! (`*_now`): the shutdowns, accepting the backlog until EAGAIN and closing the
 //! listener. The turn's single submit-and-wait sends whatever is queued.
 
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use io_uring::squeue::{Entry, Flags};
 use io_uring::{Submitter, opcode, squeue::SubmissionQueue, types::Fd};
-use socket2::Socket;
+use socket2::{SockAddr, Socket};
 
 use crate::contract::{ConnRef, Intents, OutBuf};
 use crate::log;
@@ -27,6 +28,9 @@ pub(crate) struct SubmitState {
     /// Send buffers the kernel is reading, by connection key: at most one per
     /// connection, each parked here from its submission until its completion is reaped.
     pub sends: Vec<Option<(u32, OutBuf)>>,
+    /// The addresses of outbound connects in flight, by connection key (same rule: each
+    /// parked from its submission until its completion is reaped).
+    pub connects: Vec<Option<(u32, Box<SockAddr>)>>,
     pub listener: Option<Socket>,
     /// Connection descriptors handed to the engine and not yet closed.
     pub fds: OpenFds,
@@ -267,6 +271,33 @@ impl Intents for UringQueue<'_> {
         }
     }
 
+    fn open_socket_now(&mut self, v6: bool) -> Result<RawFd, i32> {
+        let fd = socket::open_stream(v6)?;
+        self.st.fds.insert(fd);
+        Ok(fd)
+    }
+
+    fn connect(&mut self, conn: ConnRef, fd: RawFd, to: SocketAddr) {
+        let key = conn.key as usize;
+        if self.st.connects.len() <= key {
+            self.st.connects.resize_with(key + 1, || None);
+        }
+        let slot = &mut self.st.connects[key];
+        debug_assert!(slot.is_none(), "two connects in flight on one connection");
+        let addr = &slot
+            .insert((conn.generation, Box::new(SockAddr::from(to))))
+            .1;
+        let entry = opcode::Connect::new(Fd(fd), addr.as_ptr().cast(), addr.len()).build();
+        // SAFETY: the address lives in a Box parked in `connects[key]` until the
+        // connect's completion is reaped (`take_connect`); growing `connects` moves the
+        // Box pointer, never the address it points to, and nothing writes to it.
+        unsafe { self.push(entry.user_data(encode(Kind::Connect, conn))) }
+    }
+
+    fn cancel_connect(&mut self, conn: ConnRef) {
+        self.cancel(encode(Kind::Connect, conn));
+    }
+
     fn shutdown_write_now(&mut self, _conn: ConnRef, fd: RawFd) {
         self.submit_before_syscalls();
         socket::shutdown(fd, libc::SHUT_WR);
@@ -315,6 +346,15 @@ pub(crate) fn take_parked(
             (result, buf, true)
         }
         None => (Err(libc::EIO), OutBuf::default(), false),
+    }
+}
+
+/// Frees the address parked for `conn`'s connect once its completion arrived.
+pub(crate) fn take_connect(connects: &mut [Option<(u32, Box<SockAddr>)>], conn: ConnRef) {
+    if let Some(slot) = connects.get_mut(conn.key as usize)
+        && slot.as_ref().is_some_and(|(g, _)| *g == conn.generation)
+    {
+        *slot = None;
     }
 }
 
