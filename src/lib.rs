@@ -74,6 +74,9 @@
 //! - `engine`: connection state and handler calls; no syscalls, no clock, no logging.
 //! - `sys`: everything that touches the kernel (the io_uring and epoll backends,
 //!   signals, CPU pinning); the only module with `unsafe` code.
+//! - `outbound`: connections the worker opens itself ([`Local::connect`], the
+//!   [`Outbound`] trait), on the same ring and machinery as accepted ones, closed in
+//!   the drain's teardown after the last request is answered.
 //! - `drain`, `shared`: the shutdown sequence ([`ShutdownHandle`]).
 //! - [`http`]: HTTP/1.1 on the engine.
 //! - `sim` (cargo feature `sim`): an in-memory backend, to drive a handler and the engine

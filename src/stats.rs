@@ -196,9 +196,11 @@ impl Report {
         total
     }
 
-    /// Connections cut short, over all workers.
+    /// Connections cut short, over all workers: accepted connections aborted and
+    /// outbound links closed without their goodbye (`outbound_cut`).
     pub fn aborted(&self) -> u64 {
-        self.workers.iter().map(|w| w.drain.aborted).sum()
+        let links: u64 = self.workers.iter().map(|w| w.stats.outbound_cut).sum();
+        self.workers.iter().map(|w| w.drain.aborted).sum::<u64>() + links
     }
 
     /// Handler callbacks and teardowns that panicked, over all workers.
