@@ -622,3 +622,154 @@ fn the_grace_deadline_cuts_a_link_that_never_closes() {
     assert!(sim.is_done());
     assert_eq!(sim.stats().outbound_cut, 1);
 }
+
+/// The in-memory backend: a link that loses its peer is down (writes refused, waiting
+/// requests answered by its client), reconnects after its back-off, and is up again;
+/// a link closed for good is gone.
+#[test]
+fn a_link_reconnects_after_its_back_off_and_refuses_writes_while_down() {
+    let log: Log = Arc::default();
+    let l = log.clone();
+    let options =
+        ConnectOptions::new().reconnect(Duration::from_millis(100), Duration::from_millis(400));
+    let mut link_id = None;
+    let mut sim = Sim::with_factory(&Builder::new(), |worker: &mut Worker<Vec<u8>>| {
+        let local = worker.local();
+        let waiting = Rc::new(RefCell::new(VecDeque::new()));
+        let client = Lines {
+            name: "link",
+            waiting: waiting.clone(),
+            log: l,
+            hello: false,
+        };
+        let link = local.connect("10.0.0.1:1".parse().unwrap(), options, client);
+        link_id = Some(link);
+        Proxy {
+            local,
+            link,
+            waiting,
+        }
+    });
+    let link = link_id.unwrap();
+    let local = sim.local();
+    sim.run_until_idle();
+    let (first, _) = sim.take_dials()[0];
+    assert_eq!(local.status(link), LinkStatus::Connecting);
+    assert_eq!(
+        local.write(link, b"x\n"),
+        Err(gracering::LinkError::NotConnected)
+    );
+    sim.answer_dial(first, Ok(()));
+    sim.run_until_idle();
+    assert_eq!(local.status(link), LinkStatus::Up);
+
+    // A request in flight when the peer goes away is answered by on_down.
+    let client = sim.connect();
+    sim.send(client, b"get\n");
+    sim.run_until_idle();
+    assert_eq!(sim.take_received(first), b"get\n");
+    sim.reset(first);
+    sim.run_until_idle();
+    assert_eq!(sim.take_received(client), b"down\n");
+    assert_eq!(local.status(link), LinkStatus::Down);
+    sim.send(client, b"again\n");
+    sim.run_until_idle();
+    assert_eq!(
+        sim.take_received(client),
+        b"error the link is not connected\n"
+    );
+    // No reconnect before the back-off is over; one after.
+    sim.advance(Duration::from_millis(99));
+    sim.run_until_idle();
+    assert!(sim.take_dials().is_empty());
+    sim.advance(Duration::from_millis(1));
+    sim.run_until_idle();
+    let dials = sim.take_dials();
+    assert_eq!(dials.len(), 1);
+    // A refused reconnect doubles the back-off.
+    sim.answer_dial(dials[0].0, Err(libc::ECONNREFUSED));
+    sim.run_until_idle();
+    sim.advance(Duration::from_millis(199));
+    sim.run_until_idle();
+    assert!(
+        sim.take_dials().is_empty(),
+        "200 ms after the second failure"
+    );
+    sim.advance(Duration::from_millis(1));
+    sim.run_until_idle();
+    let (second, _) = sim.take_dials()[0];
+    sim.answer_dial(second, Ok(()));
+    sim.run_until_idle();
+    assert_eq!(local.status(link), LinkStatus::Up);
+    sim.send(client, b"back\n");
+    sim.run_until_idle();
+    assert_eq!(sim.take_received(second), b"back\n");
+    sim.send(second, b"BACK\n");
+    sim.run_until_idle();
+    assert_eq!(sim.take_received(client), b"BACK\n");
+
+    // Closed for good: no reconnect, the id names nothing any more.
+    local.close(link);
+    assert_eq!(local.status(link), LinkStatus::Closed);
+    sim.run_until_idle();
+    sim.advance(Duration::from_secs(10));
+    sim.run_until_idle();
+    assert!(sim.take_dials().is_empty());
+    let log = log.lock().unwrap().clone();
+    assert_eq!(
+        log,
+        [
+            "link up",
+            "link down Reset retry=true",
+            "link down Refused retry=true",
+            "link up",
+            "link down Handler retry=false",
+        ]
+    );
+    let stats = sim.stats();
+    assert_eq!(
+        (
+            stats.outbound_connects,
+            stats.outbound_connected,
+            stats.outbound_failed
+        ),
+        (3, 2, 1)
+    );
+    assert_eq!(stats.outbound_closed, 2);
+    assert_eq!(stats.accepted, 1, "links are not accepted connections");
+}
+
+/// A connect that never completes fails with TimedOut at its timeout, on the virtual
+/// clock.
+#[test]
+fn a_connect_times_out_on_the_engine_timer() {
+    let log: Log = Arc::default();
+    let l = log.clone();
+    let options = ConnectOptions::new()
+        .timeout(Duration::from_millis(250))
+        .once();
+    let mut sim = Sim::with_factory(&Builder::new(), |worker: &mut Worker<Vec<u8>>| {
+        let local = worker.local();
+        let client = Lines {
+            name: "link",
+            waiting: Rc::default(),
+            log: l,
+            hello: false,
+        };
+        let link = local.connect("[2001:db8::1]:6379".parse().unwrap(), options, client);
+        Proxy {
+            local,
+            link,
+            waiting: Rc::default(),
+        }
+    });
+    sim.run_until_idle();
+    assert_eq!(sim.take_dials()[0].1, "[2001:db8::1]:6379".parse().unwrap());
+    sim.advance(Duration::from_millis(249));
+    sim.run_until_idle();
+    assert!(log.lock().unwrap().is_empty());
+    sim.advance(Duration::from_millis(10));
+    sim.run_until_idle();
+    assert_eq!(*log.lock().unwrap(), ["link down TimedOut retry=false"]);
+    assert_eq!(sim.stats().outbound_failed, 1);
+}
