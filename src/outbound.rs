@@ -84,7 +84,8 @@ impl ConnectOptions {
 
     /// Reconnect after a failure or a close the link did not ask for: first after
     /// `min` (at least 1 ms), doubling on each failure in a row up to `max`; back to
-    /// `min` once a connection succeeded.
+    /// `min` once a connection has lasted `max` (a peer that accepts and drops at once
+    /// keeps the back-off growing).
     pub fn reconnect(mut self, min: Duration, max: Duration) -> ConnectOptions {
         let min = min.max(Duration::from_millis(1));
         self.reconnect = Some((min, max.max(min)));

@@ -707,6 +707,21 @@ fn a_link_reconnects_after_its_back_off_and_refuses_writes_while_down() {
     sim.send(second, b"BACK\n");
     sim.run_until_idle();
     assert_eq!(sim.take_received(client), b"BACK\n");
+    // A peer that drops the link right after it connected keeps the back-off growing
+    // (capped at 400 ms), so a flapping peer is not hammered.
+    sim.reset(second);
+    sim.run_until_idle();
+    sim.advance(Duration::from_millis(399));
+    sim.run_until_idle();
+    assert!(
+        sim.take_dials().is_empty(),
+        "400 ms after a connection that did not last"
+    );
+    sim.advance(Duration::from_millis(1));
+    sim.run_until_idle();
+    let (third, _) = sim.take_dials()[0];
+    sim.answer_dial(third, Ok(()));
+    sim.run_until_idle();
 
     // Closed for good: no reconnect, the id names nothing any more.
     local.close(link);
@@ -723,6 +738,8 @@ fn a_link_reconnects_after_its_back_off_and_refuses_writes_while_down() {
             "link down Reset retry=true",
             "link down Refused retry=true",
             "link up",
+            "link down Reset retry=true",
+            "link up",
             "link down Handler retry=false",
         ]
     );
@@ -733,9 +750,9 @@ fn a_link_reconnects_after_its_back_off_and_refuses_writes_while_down() {
             stats.outbound_connected,
             stats.outbound_failed
         ),
-        (3, 2, 1)
+        (4, 3, 1)
     );
-    assert_eq!(stats.outbound_closed, 2);
+    assert_eq!(stats.outbound_closed, 3);
     assert_eq!(stats.accepted, 1, "links are not accepted connections");
 }
 

@@ -41,6 +41,8 @@ pub(super) struct LinkSlot<M> {
     /// When to connect again (the link is down).
     pub retry_at: Option<Instant>,
     backoff: Option<Duration>,
+    /// When the current socket connected.
+    connected_at: Option<Instant>,
     /// Its place in the order of registration.
     pub seq: u64,
     /// Closing for good: no reconnect.
@@ -151,6 +153,7 @@ impl<H: Handler> Engine<H> {
             sock: None,
             retry_at: None,
             backoff: None,
+            connected_at: None,
             seq: c.seq,
             for_good: false,
         });
@@ -223,7 +226,7 @@ impl<H: Handler> Engine<H> {
         let Some(slot) = self.links.get_mut(c.link as usize).and_then(Option::as_mut) else {
             return;
         };
-        slot.backoff = None;
+        slot.connected_at = Some(self.linger.now);
         self.local.set_status(slot.id, LinkStatus::Up);
         let draining = self.drain.draining();
         let (conn, _) = c.view(self.worker.index, draining, self.linger.now, &mut self.pool);
@@ -367,6 +370,15 @@ impl<H: Handler> Engine<H> {
             slot.for_good || tearing_down || self.local.status(slot.id) == LinkStatus::Closed;
         let retry = match slot.options.reconnect {
             Some((min, max)) if !for_good => {
+                // The back-off starts over only after a connection that lasted: a peer
+                // that accepts and drops at once keeps doubling it.
+                let up_for = slot
+                    .connected_at
+                    .take()
+                    .map(|t| now.saturating_duration_since(t));
+                if up_for.is_some_and(|d| d >= max) {
+                    slot.backoff = None;
+                }
                 let delay = match slot.backoff {
                     None => min,
                     Some(d) => (d * 2).min(max),
@@ -428,19 +440,19 @@ impl<H: Handler> Engine<H> {
         slot.for_good = true;
         slot.retry_at = None;
         self.local.set_status(id, LinkStatus::Closed);
+        let reason = if self.drain.draining() {
+            CloseReason::Shutdown
+        } else {
+            CloseReason::Handler
+        };
         let c = slot.sock.and_then(|s| {
             self.conns
                 .get_mut(s.key as usize)
                 .filter(|c| c.generation == s.generation)
         });
         let Some(c) = c else {
-            self.link_down(key, CloseReason::Shutdown, q);
+            self.link_down(key, reason, q);
             return;
-        };
-        let reason = if self.drain.draining() {
-            CloseReason::Shutdown
-        } else {
-            CloseReason::Handler
         };
         if c.connecting {
             c.begin_close(reason, false, q, &mut self.linger);
