@@ -15,6 +15,8 @@
 //!   keep-alive connections); [`httpgen`]: the drain-aware HTTP load generator.
 //! - [`idle`]: idle connections held open in epoll, reporting how each one ended.
 //! - [`epoll`]: the minimal epoll set the client sides use.
+//! - [`redis`]: a real `redis-server` child (kill, restart on its port, its CPU time),
+//!   a blocking RESP2 client for test commands, and a `MONITOR` reader.
 //!
 //! It is a `publish = false` member of the workspace and a dev-dependency of the root
 //! crate (as `testkit`): compiled once for all test and bench binaries, with its API
@@ -30,3 +32,4 @@ pub mod loadgen;
 pub mod pin;
 pub mod process;
 pub mod procstat;
+pub mod redis;
