@@ -49,12 +49,18 @@ fn spawn_kv(redis: &RedisServer, args: &[&str]) -> ChildServer {
     all.extend_from_slice(args);
     let server = spawn_example("kv", &all, |_| {});
     // Serving starts before the workers' connections to Redis are up (a request then
-    // gets 503 at once): wait until all four are, named.
+    // gets 503 at once): wait until all are, named (two per worker unless told).
+    let per_worker: usize = args
+        .iter()
+        .position(|&a| a == "--redis-conns")
+        .map_or(2, |i| args[i + 1].parse().unwrap());
     let mut r = redis_client(redis);
+    let up = wait_until(Duration::from_secs(5), || {
+        gracering_clients(&mut r).len() == 2 * per_worker
+    });
     assert!(
-        wait_until(Duration::from_secs(5), || gracering_clients(&mut r).len()
-            == 4),
-        "the server's four Redis connections: {:?}",
+        up,
+        "the server's Redis connections: {:?}",
         gracering_clients(&mut r)
     );
     let want = match std::env::var("GRACERING_BACKEND").as_deref() {
@@ -742,4 +748,39 @@ fn a_reply_later_than_the_deadline_is_504_and_counted_late() {
         counts["value"], 7,
         "the late answer is a value too: {counts:?}"
     );
+}
+
+#[test]
+fn a_full_connection_answers_503_redis_busy() {
+    const REQUESTS: usize = 8;
+    let redis = redis();
+    // One connection per worker, one request in flight on each: two in all.
+    let server = spawn_kv(&redis, &["--redis-conns", "1", "--redis-max-inflight", "1"]);
+    let mut c = Client::new(server.addr);
+    assert_eq!(c.call("PUT", "/kv/k", b"v").status, 201);
+    drop(c);
+    let mut r = redis_client(&redis);
+    r.client_pause(1000).expect("CLIENT PAUSE");
+    let mut clients: Vec<Client> = (0..REQUESTS).map(|_| Client::new(server.addr)).collect();
+    for c in &mut clients {
+        c.send("GET", "/kv/k", b"");
+    }
+    let (mut busy, mut ok) = (0, 0);
+    for c in &mut clients {
+        let resp = c.read(false).expect("an answer");
+        match (resp.status, resp.body.as_slice()) {
+            (503, b"redis busy") => busy += 1,
+            (200, b"v") => ok += 1,
+            _ => panic!("{resp:?}"),
+        }
+    }
+    assert!(
+        (1..=2).contains(&ok),
+        "at most one waiting per worker: {ok} answered 200"
+    );
+    assert_eq!(busy + ok, REQUESTS);
+    drop(clients);
+    let lines = stop(server);
+    let counts = redis_counts(&lines, 2);
+    assert_eq!(counts["busy"], busy as u64, "{counts:?}");
 }
