@@ -277,6 +277,16 @@ impl<M> Link<'_, M> {
         self.local.mark_closing(self.id);
     }
 
+    /// Drops this connection and connects again after the back-off (the link stays
+    /// registered): for a peer that sent what cannot be understood, after which
+    /// nothing more it sends can be trusted. Output already written is sent first (FIN
+    /// after it); writes are refused from now on, until [`Outbound::on_connect`] of the
+    /// new connection. [`Outbound::on_down`] is told first, with the retry delay.
+    pub fn reconnect(&mut self) {
+        self.conn.close();
+        self.local.set_status(self.id, LinkStatus::Down);
+    }
+
     /// Posts `msg` to a connection of this worker ([`Local::post`]).
     pub fn post(&mut self, to: ConnAddr, msg: M) -> Result<(), PostError<M>> {
         self.local.post(to, msg)

@@ -610,6 +610,12 @@ fn redis_killed_under_load_answers_503_at_once_then_recovers() {
         );
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     }
+    // Readiness says so too, so that a balancer routes elsewhere.
+    let ready = c.call("GET", "/readyz", b"");
+    assert_eq!(
+        (ready.status, ready.body.as_slice()),
+        (503, &b"redis unavailable"[..])
+    );
 
     // Back on the same port (empty: nothing was saved): the server reconnects by itself
     // (its back-off is at most 2 s).
@@ -632,6 +638,7 @@ fn redis_killed_under_load_answers_503_at_once_then_recovers() {
             == 4),
         "four connections back"
     );
+    assert_eq!(c.call("GET", "/readyz", b"").status, 200);
     for i in 0..20 {
         assert_eq!(c.call("PUT", &format!("/kv/after-{i}"), b"v").status, 201);
         assert_eq!(c.call("GET", &format!("/kv/after-{i}"), b"").body, b"v");

@@ -790,3 +790,53 @@ fn a_connect_times_out_on_the_engine_timer() {
     assert_eq!(*log.lock().unwrap(), ["link down TimedOut retry=false"]);
     assert_eq!(sim.stats().outbound_failed, 1);
 }
+
+/// A link that asks to reconnect (its peer sent garbage, say) flushes, closes, is down
+/// at once (writes refused) and connects again after its back-off, still registered.
+#[test]
+fn a_link_can_drop_its_connection_and_reconnect() {
+    struct Picky;
+    impl Outbound<Vec<u8>> for Picky {
+        fn on_data(&mut self, link: &mut Link<'_, Vec<u8>>, data: &[u8]) -> usize {
+            if data.starts_with(b"garbage") {
+                link.write(b"bye\n");
+                link.reconnect();
+            }
+            data.len()
+        }
+    }
+    let mut id = None;
+    let options =
+        ConnectOptions::new().reconnect(Duration::from_millis(50), Duration::from_secs(1));
+    let mut sim = Sim::with_factory(&Builder::new(), |worker: &mut Worker<Vec<u8>>| {
+        let local = worker.local();
+        let link = local.connect("10.0.0.1:1".parse().unwrap(), options, Picky);
+        id = Some(link);
+        Proxy {
+            local,
+            link,
+            waiting: Rc::default(),
+        }
+    });
+    let (link, local) = (id.unwrap(), sim.local());
+    sim.run_until_idle();
+    let (first, _) = sim.take_dials()[0];
+    sim.answer_dial(first, Ok(()));
+    sim.run_until_idle();
+    sim.send(first, b"garbage");
+    sim.run_until_idle();
+    assert_eq!(local.status(link), LinkStatus::Down);
+    assert_eq!(
+        local.write(link, b"x"),
+        Err(gracering::LinkError::NotConnected)
+    );
+    assert_eq!(sim.take_received(first), b"bye\n");
+    assert!(sim.saw_eof(first), "the FIN follows the output");
+    sim.advance(Duration::from_millis(50));
+    sim.run_until_idle();
+    let (second, _) = sim.take_dials()[0];
+    sim.answer_dial(second, Ok(()));
+    sim.run_until_idle();
+    assert_eq!(local.status(link), LinkStatus::Up);
+    assert_eq!(sim.stats().outbound_connected, 2);
+}

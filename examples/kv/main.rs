@@ -30,7 +30,8 @@
 //! `GET /kv/{key}` answers it (`application/octet-stream`, 404 when absent),
 //! `DELETE /kv/{key}` removes it (200, or 404 when absent); `/healthz` is 200 until
 //! the process ends, `/readyz` 200 while serving and 503 from the drain's first
-//! instant. The key is the path segment's bytes as sent (no percent-decoding), 1 to
+//! instant (on Redis also 503 `redis unavailable` while the worker that answers has no
+//! Redis connection up). The key is the path segment's bytes as sent (no percent-decoding), 1 to
 //! 256 bytes; longer, empty or holding `/`: 400 with the reason. A target that is not
 //! UTF-8 is refused by the HTTP layer (400), a body over `--max-body` too (413). Other
 //! methods: 405 with `Allow`. Each kind of trouble below is logged once.
@@ -199,7 +200,12 @@ impl Service for Kv {
             ),
             "/healthz" => res.text(Status::OK, "ok"),
             "/readyz" if res.is_draining() => res.text(Status::SERVICE_UNAVAILABLE, "draining"),
-            "/readyz" => res.text(Status::OK, "ready"),
+            "/readyz" => match &self.store {
+                Store::Redis(redis) if !redis.any_up() => {
+                    res.text(Status::SERVICE_UNAVAILABLE, "redis unavailable")
+                }
+                _ => res.text(Status::OK, "ready"),
+            },
             _ => res.text(Status::NOT_FOUND, "not found: use /kv/{key}"),
         }
     }

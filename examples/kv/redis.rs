@@ -249,6 +249,16 @@ impl Redis {
         }
     }
 
+    /// Whether some connection to Redis is up (readiness: a worker with none answers
+    /// every key request 503).
+    pub fn any_up(&self) -> bool {
+        let shared = self.shared.borrow();
+        shared
+            .slots
+            .iter()
+            .any(|s| self.local.status(s.id) == LinkStatus::Up)
+    }
+
     /// An answer came after its request was gone (504, or its connection closed).
     pub fn count_late(&self) {
         self.shared.borrow_mut().counts.late += 1;
@@ -315,7 +325,7 @@ impl Outbound<Answer> for Client {
                     log_once(
                         Trouble::RedisProtocol,
                         format_args!(
-                            "worker {worker}: Redis sent what is not RESP2 ({e:?}): closing the connection"
+                            "worker {worker}: Redis sent what is not RESP2 ({e:?}): reconnecting"
                         ),
                     );
                     for w in slot.fifo.drain(..) {
@@ -325,7 +335,7 @@ impl Outbound<Answer> for Client {
                                 link.post(to, Answer::RedisError("redis protocol error".into()));
                         }
                     }
-                    link.close();
+                    link.reconnect();
                     return usize::MAX;
                 }
             };

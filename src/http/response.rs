@@ -57,6 +57,7 @@ impl Status {
             404 => "Not Found",
             405 => "Method Not Allowed",
             408 => "Request Timeout",
+            409 => "Conflict",
             413 => "Content Too Large",
             417 => "Expectation Failed",
             429 => "Too Many Requests",
