@@ -53,10 +53,10 @@ pub fn build(ev: &Events<'_>, from_ms: i64, to_ms: i64) -> Vec<Row> {
     };
     let mut completed = vec![0u64; len];
     for &t in ev.completions {
-        if let Ok(i) = usize::try_from(bucket(t)) {
-            if i < len {
-                completed[i] += 1;
-            }
+        if let Ok(i) = usize::try_from(bucket(t))
+            && i < len
+        {
+            completed[i] += 1;
         }
     }
     // Changes per bucket; index 0 gathers everything before the window.
