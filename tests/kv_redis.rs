@@ -541,7 +541,7 @@ fn redis_killed_under_load_answers_503_at_once_then_recovers() {
                     let mut i = 0u64;
                     while !stop_load.load(Ordering::Relaxed) && i < 1_000_000 {
                         i += 1;
-                        let (method, body) = if i % 2 == 0 {
+                        let (method, body) = if i.is_multiple_of(2) {
                             ("GET", Vec::new())
                         } else {
                             ("PUT", format!("{t}-{i}").into_bytes())

@@ -382,14 +382,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let StoreConfig::Sqlite = args.store {
-        if let Err(e) = sqlite::prepare(&args.db) {
-            eprintln!(
-                "kv: cannot open the database {}: {e}",
-                args.db.path.display()
-            );
-            return ExitCode::FAILURE;
-        }
+    if let StoreConfig::Sqlite = args.store
+        && let Err(e) = sqlite::prepare(&args.db)
+    {
+        eprintln!(
+            "kv: cannot open the database {}: {e}",
+            args.db.path.display()
+        );
+        return ExitCode::FAILURE;
     }
     let builder = args
         .server
