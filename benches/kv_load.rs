@@ -22,7 +22,7 @@
 //!   gracering runs with `--drain-delay 0`; both with a grace period of 10 s.
 //!
 //! Runs alternate gracering and hyper; medians over `BENCH_RUNS`, ratios gracering /
-//! hyper. Without `examples/kv.rs` in the tree the bench says so in one line and runs
+//! hyper. Without `examples/kv/main.rs` in the tree the bench says so in one line and runs
 //! the peer alone.
 //!
 //! ```text
@@ -90,7 +90,7 @@ fn bench() -> Result<(), Error> {
     let mut s = Settings::from_env()?;
     if s.kv.servers.contains(&Server::Gracering) && !kv::has_kv_example() {
         println!(
-            "kv_load: examples/kv.rs is not in this tree: skipping gracering, measuring the peer alone"
+            "kv_load: examples/kv/main.rs is not in this tree: skipping gracering, measuring the peer alone"
         );
         s.kv.servers.retain(|&k| k != Server::Gracering);
     }

@@ -61,6 +61,45 @@ pub fn wait_server_read(client: &TcpStream, timeout: Duration) -> bool {
     })
 }
 
+/// [`wait_server_read`] for many connections at once, reading the kernel's table once
+/// per look rather than once per connection (it takes milliseconds to generate: with
+/// hundreds of connections, one look each would take seconds).
+pub fn wait_server_read_all(clients: &[&TcpStream], timeout: Duration) -> bool {
+    let mut keys = Vec::with_capacity(clients.len());
+    for c in clients {
+        let (Ok(ours), Ok(theirs)) = (c.local_addr(), c.peer_addr()) else {
+            return false;
+        };
+        keys.push((ours.is_ipv4(), proc_net_addr(theirs), proc_net_addr(ours)));
+    }
+    wait_until(timeout, || {
+        if clients.iter().any(|c| unsent_bytes(c) != 0) {
+            return false;
+        }
+        let mut unread: std::collections::HashMap<(String, String), u64> = Default::default();
+        for table in ["tcp", "tcp6"] {
+            let Ok(text) = std::fs::read_to_string(format!("/proc/self/net/{table}")) else {
+                continue;
+            };
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (Some(local), Some(remote), Some(queues)) = (f.get(1), f.get(2), f.get(4))
+                else {
+                    continue;
+                };
+                let Some((_tx, rx)) = queues.split_once(':') else {
+                    continue;
+                };
+                if let Ok(rx) = u64::from_str_radix(rx, 16) {
+                    unread.insert((local.to_string(), remote.to_string()), rx);
+                }
+            }
+        }
+        keys.iter()
+            .all(|(_, local, remote)| unread.get(&(local.clone(), remote.clone())) == Some(&0))
+    })
+}
+
 /// The value of a `Name:` line in `/proc/PID/status` (or `/proc/PID/task/TID/status`).
 fn status_field(path: &str, name: &str) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
