@@ -284,7 +284,7 @@ fn print_closes(s: &Settings, closes: &[Vec<CloseCheck>]) {
         "last end",
         "exit",
         "end - resp",
-        "ended after last resp"
+        "ended after resp read"
     );
     let opt = |runs: &[CloseCheck], f: fn(&CloseCheck) -> Option<f64>| {
         let v: Vec<f64> = runs.iter().filter_map(f).collect();

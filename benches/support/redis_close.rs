@@ -14,8 +14,13 @@
 //! its log notes (within the millisecond it names), else the window between the last
 //! `CLIENT LIST` that listed it (sent) and the first that did not (answered).
 //! [`CloseCheck`] compares that with the instant the client received the last
-//! response: `after` when the end cannot be earlier, `before` when it cannot be later,
-//! `within` when the two overlap, `open` when Redis still listed it at the end. Redis's
+//! response: `after` when the end cannot be earlier, `before-read` when it cannot be
+//! later, `within` when the two overlap, `OPEN` when Redis still listed it at the end.
+//! The client's instant is when it *read* the response: the generator shares its CPU
+//! with Redis, so a read can come a millisecond or two after the server wrote it (even
+//! after the server exited), and `before-read` alone does not mean that the server
+//! closed before writing its last response; a connection closed while requests
+//! waited on it would show as lost requests or errors instead. Redis's
 //! wall clock is placed on ours through one `Instant`/`SystemTime` pair (the same
 //! machine's clock); its log's times of day are taken as UTC.
 
@@ -210,7 +215,7 @@ impl Order {
         match self {
             Order::After => "after",
             Order::Within => "within",
-            Order::Before => "BEFORE",
+            Order::Before => "before-read",
             Order::Open => "OPEN",
         }
     }
@@ -329,7 +334,7 @@ impl CloseCheck {
         let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:+.2}"));
         format!(
             "redis (ms after the signal): last command {}, last response {:+.2}, ends [{}], exit \
-             {:+.2}: ended after the last response: {} (first end {} ms after it)",
+             {:+.2}: ended after the last response was read: {} (first end {} ms after it)",
             ms(self.last_command_ms),
             self.last_response_ms,
             ends.join(", "),
