@@ -13,6 +13,9 @@
 //! - [`svg`]: a small SVG line-chart writer.
 //! - [`drain_servers`]: the servers `drain_http` stops, started and timed alike;
 //!   [`drain_report`]: its runs, tables and JSON line.
+//! - [`kv`]: the kv benchmarks' settings, request mix, preload, load and drain
+//!   scenarios and tables, whatever the store (`kv_load`: SQLite, `kv_redis`: Redis);
+//!   [`redis_close`]: when a server's Redis connections ended, as Redis saw it.
 //!
 //! The tokio and hyper peers are binaries of the `gracering-peers` member
 //! (`benches/peers`), built with `testkit::build::build_peers` and run as child processes.
@@ -26,7 +29,9 @@
 pub mod drain_report;
 pub mod drain_servers;
 pub mod floor;
+pub mod kv;
 pub mod peers;
+pub mod redis_close;
 pub mod settings;
 pub mod stats;
 pub mod svg;

@@ -3,12 +3,14 @@
 //! and their accept loop until it fires, and the plain-text response of the hyper peers.
 //!
 //! The peers are the binaries of this crate (`src/bin/`): `tokio-echo`,
-//! `tokio-drain-echo`, `hyper-hello`, `hyper-drain`, `kv-hyper` (SQLite behind hyper)
-//! and `tokio-mailbox` (not a server: the mailbox bench's tokio `mpsc` round trips). The benchmarks of the root crate
-//! build them with `cargo build --release -p gracering-peers` and run them as pinned
-//! child processes; each serves on `GRACERING_BENCH_ADDR` (default `127.0.0.1:0`, loopback
-//! only) and prints a line holding its address on stdout. They live in a workspace
-//! member of their own so that the root's `cargo test` builds neither them nor tokio.
+//! `tokio-drain-echo`, `hyper-hello`, `hyper-drain`, `kv-hyper` (SQLite behind hyper),
+//! `kv-redis-hyper` (Redis behind hyper, through the `redis` crate's multiplexed
+//! connection) and `tokio-mailbox` (not a server: the mailbox bench's tokio `mpsc`
+//! round trips). The benchmarks of the root crate build them with `cargo build
+//! --release -p gracering-peers` and run them as pinned child processes; each serves on
+//! `GRACERING_BENCH_ADDR` (default `127.0.0.1:0`, loopback only) and prints a line
+//! holding its address on stdout. They live in a workspace member of their own so that
+//! the root's `cargo test` builds neither them nor tokio.
 
 use std::future::Future;
 use std::io;
