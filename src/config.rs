@@ -27,6 +27,7 @@ pub(crate) struct Config {
     pub grace_period: Duration,
     pub linger: Duration,
     pub handle_signals: bool,
+    pub socket_activation: bool,
     pub backend: Backend,
     pub mailbox_capacity: usize,
     /// Test hook: worker N meets the fault once the flag is set.
@@ -52,6 +53,7 @@ impl Default for Config {
             grace_period: Duration::from_secs(25),
             linger: Duration::from_secs(1),
             handle_signals: true,
+            socket_activation: true,
             backend: Backend::Auto,
             mailbox_capacity: 65536,
             #[cfg(feature = "sim")]
@@ -199,6 +201,20 @@ impl Builder {
     /// [`ShutdownHandle`](crate::ShutdownHandle) stops the server.
     pub fn handle_signals(mut self, handle: bool) -> Builder {
         self.config.handle_signals = handle;
+        self
+    }
+
+    /// Whether listening sockets passed by a service manager (systemd socket
+    /// activation: `LISTEN_PID` naming this process, `LISTEN_FDS`) are used instead of
+    /// binding [`addr`](Builder::addr). Default `true`. One socket per worker (systemd
+    /// `ReusePort=yes` with a `ListenStream=` per worker; with [`workers`](Builder::workers)
+    /// unset there is one worker per socket), or one socket that every worker accepts
+    /// from (each ring keeps a multishot accept on it; the kernel hands each connection
+    /// to one of them). An inherited socket is never filtered or drained of its queue at
+    /// the drain: what waits there is left to the next instance (see
+    /// docs/SHUTDOWN.md).
+    pub fn socket_activation(mut self, on: bool) -> Builder {
+        self.config.socket_activation = on;
         self
     }
 

@@ -1,11 +1,67 @@
 //! Listening sockets: one per worker, all bound to the same address with SO_REUSEPORT,
 //! so the kernel spreads incoming connections across the workers without a shared
-//! accept queue.
+//! accept queue; or the sockets a service manager passed (socket activation): one per
+//! worker, or one that every worker accepts from.
 
 use std::io;
 use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::sys::socket::Listener;
+
+/// The workers' listeners made of `sockets` passed by a service manager: one per worker
+/// when several were passed (then `workers`, if set, must match), or the one socket
+/// shared by `workers` (default `default_workers`), each worker with its own
+/// descriptor of it.
+pub(crate) fn inherit(
+    sockets: Vec<Socket>,
+    workers: Option<usize>,
+    default_workers: usize,
+) -> io::Result<Vec<Listener>> {
+    let shared = sockets.len() == 1 && workers.unwrap_or(default_workers) > 1;
+    let wrap = |socket| Listener {
+        socket,
+        inherited: true,
+        shared,
+    };
+    if sockets.len() == 1 {
+        let workers = workers.unwrap_or(default_workers).max(1);
+        let first = &sockets[0];
+        let mut listeners = Vec::with_capacity(workers);
+        for _ in 1..workers {
+            listeners.push(wrap(first.try_clone()?));
+        }
+        listeners.extend(sockets.into_iter().map(wrap));
+        return Ok(listeners);
+    }
+    match workers {
+        Some(w) if w != sockets.len() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "socket activation passed {} sockets for {w} workers: pass one socket,                  or one per worker",
+                sockets.len()
+            ),
+        )),
+        _ => Ok(sockets.into_iter().map(wrap).collect()),
+    }
+}
+
+/// Binds one listener per worker (see [`bind_all`]).
+pub(crate) fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+    backlog: u32,
+) -> io::Result<Vec<Listener>> {
+    Ok(bind_all(addr, count, backlog)?
+        .into_iter()
+        .map(|socket| Listener {
+            socket,
+            inherited: false,
+            shared: false,
+        })
+        .collect())
+}
 
 /// Binds `count` listeners on `addr`. When the port is 0, the first bind picks it and
 /// the others bind that same port. The backlog is capped by `net.core.somaxconn`.

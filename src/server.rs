@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Instant, SystemTime};
 
-use socket2::Socket;
-
 use crate::config::{Builder, Config};
 use crate::contract::Driver;
 use crate::engine::{Engine, panic_message};
@@ -21,8 +19,9 @@ use crate::mailbox;
 use crate::shared::{Shared, ShutdownHandle, Trigger};
 use crate::stats::{Report, WorkerReport};
 use crate::sys::epoll::EpollDriver;
+use crate::sys::socket::Listener;
 use crate::sys::uring::UringDriver;
-use crate::sys::{Backend, cpu, signal};
+use crate::sys::{Backend, activation, cpu, signal};
 use crate::worker::Runner;
 
 /// A bound server, ready to run: one listening socket per worker, all on one address.
@@ -50,7 +49,7 @@ use crate::worker::Runner;
 #[derive(Debug)]
 pub struct Server {
     config: Config,
-    listeners: Vec<Socket>,
+    listeners: Vec<Listener>,
     local_addr: SocketAddr,
     cpus: Vec<usize>,
     shared: Arc<Shared>,
@@ -66,10 +65,20 @@ impl Server {
     pub(crate) fn bind(config: Config) -> io::Result<Server> {
         let backend = config.backend.resolve()?;
         let cpus = cpu::allowed_cpus()?;
-        let workers = config.workers.unwrap_or(cpus.len());
-        let listeners = listener::bind_all(config.addr, workers, config.backlog)?;
+        let passed = if config.socket_activation {
+            activation::take_listeners()?
+        } else {
+            None
+        };
+        let listeners = match passed {
+            Some(sockets) => listener::inherit(sockets, config.workers, cpus.len())?,
+            None => {
+                let workers = config.workers.unwrap_or(cpus.len());
+                listener::bind_listeners(config.addr, workers, config.backlog)?
+            }
+        };
         let local_addr = listener::local_addr(&listeners[0])?;
-        let shared = Shared::new(workers)?;
+        let shared = Shared::new(listeners.len())?;
         Ok(Server {
             config,
             listeners,
@@ -88,6 +97,12 @@ impl Server {
     /// How many worker threads [`run`](Server::run) starts.
     pub fn workers(&self) -> usize {
         self.listeners.len()
+    }
+
+    /// Whether the listeners were passed by a service manager (socket activation)
+    /// rather than bound by [`Builder::bind`].
+    pub fn is_socket_activated(&self) -> bool {
+        self.listeners.iter().any(|l| l.inherited)
     }
 
     /// The name of the backend the workers run on.
@@ -221,7 +236,7 @@ struct Place {
 /// drain of the others so the process ends and can be restarted.
 fn contain_worker<H: Handler>(
     place: Place,
-    listener: Socket,
+    listener: Listener,
     shared: Arc<Shared>,
     config: &Config,
     factory: &(impl Fn(&mut Worker<H::Message>) -> H + Sync),
@@ -258,7 +273,7 @@ fn contain_worker<H: Handler>(
 /// One worker thread: pin, set up the backend, make the handler, run until drained.
 fn run_worker<H: Handler>(
     place: Place,
-    listener: Socket,
+    listener: Listener,
     shared: Arc<Shared>,
     config: &Config,
     factory: &(impl Fn(&mut Worker<H::Message>) -> H + Sync),

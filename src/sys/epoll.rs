@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{SockAddr, Socket};
+use socket2::SockAddr;
 
 use super::fds::OpenFds;
 use super::signal::{SIGINFO_SIZE, signo};
@@ -65,7 +65,7 @@ enum Deferred {
 /// The epoll set and what the engine's intents change: the driver's queue.
 pub(crate) struct EpollQueue {
     epfd: OwnedFd,
-    listener: Option<Socket>,
+    listener: Option<socket::Listener>,
     slots: Vec<Slot>,
     deferred: VecDeque<Deferred>,
     accept_armed: bool,
@@ -88,7 +88,7 @@ pub(crate) struct EpollDriver {
 impl EpollDriver {
     /// Creates the epoll set with the listener, the signalfd and the worker's eventfd.
     pub fn new(
-        listener: Socket,
+        listener: socket::Listener,
         signalfd: Option<RawFd>,
         shared: Arc<Shared>,
         index: usize,
@@ -263,7 +263,7 @@ impl Reader<'_> {
     /// Accepts until EAGAIN while the engine wants connections.
     fn accept_ready(&mut self, handle: &mut impl FnMut(Event<'_>, &mut EpollQueue)) {
         while self.q.accept_armed {
-            let Some(fd) = self.q.listener.as_ref().map(AsRawFd::as_raw_fd) else {
+            let Some(fd) = self.q.listener.as_ref().map(|l| l.as_raw_fd()) else {
                 return;
             };
             match socket::accept(fd, libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) {

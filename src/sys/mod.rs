@@ -10,6 +10,7 @@
 
 use std::{fmt, io};
 
+pub(crate) mod activation;
 pub(crate) mod cpu;
 pub(crate) mod epoll;
 pub(crate) mod eventfd;
@@ -25,7 +26,7 @@ pub(crate) mod uring;
 /// connection descriptor is closed so its peer sees the end now, not after the release.
 /// Operations still in flight hold their own reference to the socket: they end (or are
 /// cancelled) without touching a reused descriptor number.
-pub(crate) fn abort_sockets(listener: &mut Option<socket2::Socket>, fds: &mut fds::OpenFds) {
+pub(crate) fn abort_sockets(listener: &mut Option<socket::Listener>, fds: &mut fds::OpenFds) {
     if let Some(listener) = listener.take() {
         socket::refuse_new_handshakes(&listener);
     }

@@ -2,9 +2,36 @@
 //! down, accepting a listener's backlog until EAGAIN during the drain, and the socket
 //! filter that refuses new handshakes before the listener closes.
 
+use std::ops::Deref;
 use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{SockFilter, Socket};
+
+/// A worker's listening socket, and whether it was handed to the process (systemd
+/// socket activation) rather than bound by it.
+///
+/// An inherited socket belongs to the service manager too: it keeps its own descriptor
+/// and its accept queue lives on after this process. The drain then neither attaches
+/// the SYN filter (it would stay on the manager's socket and drop every later
+/// handshake) nor takes the backlog: it stops accepting and closes only this process's
+/// descriptor, so what waits in the queue waits for the next instance, never reset.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    pub socket: Socket,
+    pub inherited: bool,
+    /// Other workers accept from the same socket (one passed socket for all): io_uring
+    /// then arms single accepts, so that a ring that took a connection queues behind
+    /// the others for the next one (a multishot accept keeps its place in the socket's
+    /// wait queue, and the first ring would take every connection).
+    pub shared: bool,
+}
+
+impl Deref for Listener {
+    type Target = Socket;
+    fn deref(&self) -> &Socket {
+        &self.socket
+    }
+}
 
 use super::syscall::syscall;
 use crate::log;
@@ -26,10 +53,13 @@ pub(crate) fn shutdown(fd: RawFd, how: libc::c_int) {
 /// (opened with `flags`, e.g. SOCK_CLOEXEC). Returns the errno that stopped it early
 /// (EMFILE, say), if one did.
 pub(crate) fn accept_all(
-    listener: &Socket,
+    listener: &Listener,
     flags: libc::c_int,
     accepted: &mut Vec<RawFd>,
 ) -> Option<i32> {
+    if listener.inherited {
+        return None; // the queue is the service manager's: left for the next instance
+    }
     loop {
         match accept(listener.as_raw_fd(), flags) {
             Ok(fd) => accepted.push(fd),
@@ -75,7 +105,10 @@ fn syn_filter() -> [SockFilter; 5] {
 /// client whose SYN was dropped retries and finds the port closed: refused, never a
 /// reset after its handshake completed. A failure is logged: the drain goes on without
 /// the filter (a handshake that completes in the last instant may then be reset).
-pub(crate) fn refuse_new_handshakes(listener: &Socket) {
+pub(crate) fn refuse_new_handshakes(listener: &Listener) {
+    if listener.inherited {
+        return; // the filter would outlive us on the service manager's socket
+    }
     if let Err(e) = listener.attach_filter(&syn_filter()) {
         log::warn(format_args!(
             "cannot attach the SYN filter to the listener: {e}"

@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use io_uring::types::{SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue};
-use socket2::Socket;
 
 use crate::config::Config;
 use crate::contract::{ConnRef, Driver, Event, RecvEnd};
@@ -75,7 +74,7 @@ impl UringDriver {
     /// Call on the worker's own thread: a SINGLE_ISSUER ring belongs to the thread that
     /// made it.
     pub fn new(
-        listener: Socket,
+        listener: crate::sys::socket::Listener,
         signalfd: Option<RawFd>,
         shared: Arc<Shared>,
         index: usize,
@@ -93,6 +92,7 @@ impl UringDriver {
                 0,
             )?;
         }
+        let multishot_accept = !listener.shared;
         let wake_fd = shared.wakers[index].eventfd().raw();
         shared.wakers[index].set_ring_fd(ring.as_raw_fd());
         let mut driver = UringDriver {
@@ -110,7 +110,7 @@ impl UringDriver {
                 index,
                 buf_size: config.buffer_size,
                 msg_ring: features.msg_ring,
-                multishot_accept: true,
+                multishot_accept,
                 multishot_recv: true,
                 submitted_early: false,
                 overflow: std::collections::VecDeque::new(),

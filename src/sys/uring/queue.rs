@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use io_uring::squeue::{Entry, Flags};
 use io_uring::{Submitter, opcode, squeue::SubmissionQueue, types::Fd};
-use socket2::{SockAddr, Socket};
+use socket2::SockAddr;
 
 use crate::contract::{ConnRef, Intents, OutBuf};
 use crate::log;
@@ -31,7 +31,7 @@ pub(crate) struct SubmitState {
     /// The addresses of outbound connects in flight, by connection key (same rule: each
     /// parked from its submission until its completion is reaped).
     pub connects: Vec<Option<(u32, Box<SockAddr>)>>,
-    pub listener: Option<Socket>,
+    pub listener: Option<socket::Listener>,
     /// Connection descriptors handed to the engine and not yet closed.
     pub fds: OpenFds,
     /// Operations submitted whose last completion has not been reaped yet.
