@@ -9,7 +9,9 @@
 //! Routes: `GET /` answers `Hello, World!`; `GET /healthz` (liveness) is 200 until the
 //! process ends; `GET /readyz` (readiness) is 200 while serving and 503 from the instant
 //! the drain begins (readiness delay included); `GET /slow?ms=N` answers `slow` after N
-//! milliseconds without holding up the worker; anything else is 404.
+//! milliseconds without holding up the worker; anything else is 404. With
+//! `--debug-stall`, `GET /debug/stall?ms=N` blocks the worker that takes it for N
+//! milliseconds (a stuck loop, for testing systemd's watchdog: its pings stop).
 //!
 //! SIGTERM or SIGINT drains (a second one, or the grace period, cuts what is left); the
 //! drain report goes to stderr as one JSON line. Exit codes: 0 after a clean drain, 3
@@ -21,6 +23,7 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{SERVER_USAGE, ServerArgs};
@@ -28,6 +31,9 @@ use gracering::http::{Http, HttpConfig, Request, Response, Service, Status};
 
 /// The example's routes.
 struct Hello;
+
+/// `--debug-stall`: the route that blocks a worker is on.
+static DEBUG_STALL: AtomicBool = AtomicBool::new(false);
 
 impl Service for Hello {
     type Message = ();
@@ -44,6 +50,16 @@ impl Service for Hello {
                 Some(ms) => res.defer(Duration::from_millis(ms), ms),
                 None => res.text(Status::BAD_REQUEST, "use /slow?ms=N (N up to 600000)"),
             },
+            "/debug/stall" if get && DEBUG_STALL.load(Ordering::Relaxed) => {
+                match slow_ms(req.query()) {
+                    Some(ms) => {
+                        // Deliberately blocks the loop (what a handler must never do).
+                        std::thread::sleep(Duration::from_millis(ms));
+                        res.text(Status::OK, "stalled");
+                    }
+                    None => res.text(Status::BAD_REQUEST, "use /debug/stall?ms=N"),
+                }
+            }
             _ => res.text(Status::NOT_FOUND, "not found"),
         }
     }
@@ -83,6 +99,10 @@ fn parse_args() -> Result<Args, String> {
             "--idle-timeout" => args.http.idle_timeout(duration(value()?)?),
             "--max-head" => args.http.max_head(number(value()?)? as usize),
             "--max-body" => args.http.max_body(number(value()?)?),
+            "--debug-stall" => {
+                DEBUG_STALL.store(true, Ordering::Relaxed);
+                args.http
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         };
@@ -95,7 +115,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(msg) => {
             eprintln!(
-                "{msg}\nusage: http {SERVER_USAGE}\n  [--header-timeout DUR] [--idle-timeout DUR] [--max-head BYTES] [--max-body BYTES]"
+                "{msg}\nusage: http {SERVER_USAGE}\n  [--header-timeout DUR] [--idle-timeout DUR] [--max-head BYTES] [--max-body BYTES] [--debug-stall]"
             );
             return ExitCode::from(2);
         }

@@ -101,6 +101,7 @@ pub mod http;
 mod listener;
 mod log;
 mod mailbox;
+mod notify;
 mod outbound;
 mod server;
 mod shared;

@@ -16,6 +16,7 @@ use crate::handler::{Handler, Worker};
 use crate::listener;
 use crate::log;
 use crate::mailbox;
+use crate::notify::Notify;
 use crate::shared::{Shared, ShutdownHandle, Trigger};
 use crate::stats::{Report, WorkerReport};
 use crate::sys::epoll::EpollDriver;
@@ -78,7 +79,12 @@ impl Server {
             }
         };
         let local_addr = listener::local_addr(&listeners[0])?;
-        let shared = Shared::new(listeners.len())?;
+        let status = format!(
+            "serving on {local_addr}: {} workers, {} backend",
+            listeners.len(),
+            backend.name()
+        );
+        let shared = Shared::new(listeners.len(), Notify::from_env(listeners.len(), status))?;
         Ok(Server {
             config,
             listeners,
@@ -155,6 +161,17 @@ impl Server {
         } = self;
         let signal_raw = signalfd.as_ref().map(AsRawFd::as_raw_fd);
         let results: Vec<io::Result<WorkerReport>> = thread::scope(|scope| {
+            if let Some(notify) = &shared.notify {
+                let mine = shared.clone();
+                let spawned = thread::Builder::new()
+                    .name("gracering-notify".into())
+                    .spawn_scoped(scope, move || {
+                        notify.run(|| mine.live(), || mine.draining());
+                    });
+                if let Err(e) = spawned {
+                    log::warn(format_args!("cannot start the sd_notify thread: {e}"));
+                }
+            }
             let mut handles = Vec::with_capacity(listeners.len());
             for (index, listener) in listeners.into_iter().enumerate() {
                 let cpu = config.pin_workers.then(|| cpus[index % cpus.len()]);
@@ -176,18 +193,25 @@ impl Server {
                         // Workers already started must not run forever: stop them.
                         shared.force(Trigger::Handle, Instant::now());
                         shared.wake_all();
+                        if let Some(notify) = &shared.notify {
+                            notify.finish();
+                        }
                         return vec![Err(e)];
                     }
                 }
             }
-            handles
+            let reports = handles
                 .into_iter()
                 .map(|h| {
                     // A worker's panics are caught inside it; this only guards the join.
                     h.join()
                         .unwrap_or_else(|_| Ok(WorkerReport::failed("worker panicked".into())))
                 })
-                .collect()
+                .collect();
+            if let Some(notify) = &shared.notify {
+                notify.finish();
+            }
+            reports
         });
         let began = shared.began();
         let drain_duration = began.map(|b| b.at.elapsed());

@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::log;
+use crate::notify::Notify;
 use crate::sys::eventfd::EventFd;
 
 const RUNNING: u8 = 0;
@@ -106,10 +107,12 @@ pub(crate) struct Shared {
     began: OnceLock<Began>,
     live: AtomicU64,
     pub wakers: Box<[Waker]>,
+    /// systemd's notifications, when `NOTIFY_SOCKET` asks for them.
+    pub notify: Option<Notify>,
 }
 
 impl Shared {
-    pub fn new(workers: usize) -> io::Result<Arc<Shared>> {
+    pub fn new(workers: usize, notify: Option<Notify>) -> io::Result<Arc<Shared>> {
         Ok(Arc::new(Shared {
             state: AtomicU8::new(RUNNING),
             began: OnceLock::new(),
@@ -117,6 +120,7 @@ impl Shared {
             wakers: (0..workers)
                 .map(|_| Waker::new())
                 .collect::<io::Result<_>>()?,
+            notify,
         }))
     }
 
@@ -128,6 +132,7 @@ impl Shared {
             began: OnceLock::new(),
             live: AtomicU64::new(0),
             wakers: Box::new([]),
+            notify: None,
         })
     }
 

@@ -174,10 +174,22 @@ impl<H: Handler, D: Driver> Runner<H, D> {
     /// it; the caller then releases with `abort`.
     pub fn serve(&mut self, shared: &Arc<Shared>) -> io::Result<()> {
         self.real_clock = true;
-        let _worker_thread = mailbox::enter_worker(shared, self.engine.index());
+        let index = self.engine.index();
+        let _worker_thread = mailbox::enter_worker(shared, index);
+        let notify = shared.notify.as_ref();
+        let max_wait = notify.and_then(|n| n.max_wait());
+        if let Some(n) = notify {
+            n.started(index);
+        }
         loop {
             let now = Instant::now();
             self.turn(now);
+            if let Some(n) = notify {
+                n.beat(index);
+                if shared.draining() {
+                    n.draining(shared.live());
+                }
+            }
             if self.engine.is_done() {
                 self.engine.close_mailbox();
                 return Ok(());
@@ -199,6 +211,11 @@ impl<H: Handler, D: Driver> Runner<H, D> {
                 self.engine
                     .next_deadline()
                     .map(|at| at.saturating_duration_since(now))
+            };
+            // Under systemd's watchdog an idle worker still turns (its heartbeat).
+            let timeout = match (timeout, max_wait) {
+                (Some(t), Some(m)) => Some(t.min(m)),
+                (t, m) => t.or(m),
             };
             self.driver.submit_and_wait(timeout)?;
         }

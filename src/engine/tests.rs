@@ -139,7 +139,7 @@ fn setup(lines: bool, amplify: usize, config: Config) -> T {
         amplify,
         calls: calls.clone(),
     };
-    let shared = crate::shared::Shared::new(1).unwrap();
+    let shared = crate::shared::Shared::new(1, None).unwrap();
     let (mailbox, inbox) = crate::mailbox::channel(shared.clone(), 0, 16);
     let worker = crate::handler::Worker::new(0, mailbox);
     let mut t = T {
