@@ -28,6 +28,8 @@ pub(crate) struct Config {
     pub linger: Duration,
     pub handle_signals: bool,
     pub socket_activation: bool,
+    pub upgrade_socket: Option<std::path::PathBuf>,
+    pub upgrade_from: Option<std::path::PathBuf>,
     pub backend: Backend,
     pub mailbox_capacity: usize,
     /// Test hook: worker N meets the fault once the flag is set.
@@ -54,6 +56,8 @@ impl Default for Config {
             linger: Duration::from_secs(1),
             handle_signals: true,
             socket_activation: true,
+            upgrade_socket: None,
+            upgrade_from: None,
             backend: Backend::Auto,
             mailbox_capacity: 65536,
             #[cfg(feature = "sim")]
@@ -215,6 +219,23 @@ impl Builder {
     /// docs/SHUTDOWN.md).
     pub fn socket_activation(mut self, on: bool) -> Builder {
         self.config.socket_activation = on;
+        self
+    }
+
+    /// Offers the listening sockets at this Unix socket path to a successor (an
+    /// in-place upgrade: a new process started with [`upgrade_from`](Builder::upgrade_from)
+    /// the same path takes them over, starts serving, and then this one drains).
+    /// Binding fails if a live server already offers there.
+    pub fn upgrade_socket(mut self, path: impl Into<std::path::PathBuf>) -> Builder {
+        self.config.upgrade_socket = Some(path.into());
+        self
+    }
+
+    /// Takes over the listening sockets of the server offering them at this path
+    /// instead of binding; once every worker accepts, that server is told to drain.
+    /// If this process fails before, the old one keeps serving (a rollback).
+    pub fn upgrade_from(mut self, path: impl Into<std::path::PathBuf>) -> Builder {
+        self.config.upgrade_from = Some(path.into());
         self
     }
 

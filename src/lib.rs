@@ -110,6 +110,7 @@ pub mod sim;
 mod stats;
 #[allow(unsafe_code)]
 mod sys;
+mod upgrade;
 mod worker;
 
 pub use config::Builder;

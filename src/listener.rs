@@ -14,17 +14,17 @@ use crate::sys::socket::Listener;
 /// when several were passed (then `workers`, if set, must match), or the one socket
 /// shared by `workers` (default `default_workers`), each worker with its own
 /// descriptor of it.
+///
+/// `held_by_others`: the sender keeps them (systemd), so the drain must leave their
+/// queues alone; not so for an upgrade's predecessor, which is leaving.
 pub(crate) fn inherit(
     sockets: Vec<Socket>,
     workers: Option<usize>,
     default_workers: usize,
+    held_by_others: bool,
 ) -> io::Result<Vec<Listener>> {
     let shared = sockets.len() == 1 && workers.unwrap_or(default_workers) > 1;
-    let wrap = |socket| Listener {
-        socket,
-        inherited: true,
-        shared,
-    };
+    let wrap = |socket| Listener::new(socket, true, held_by_others, shared);
     if sockets.len() == 1 {
         let workers = workers.unwrap_or(default_workers).max(1);
         let first = &sockets[0];
@@ -55,11 +55,7 @@ pub(crate) fn bind_listeners(
 ) -> io::Result<Vec<Listener>> {
     Ok(bind_all(addr, count, backlog)?
         .into_iter()
-        .map(|socket| Listener {
-            socket,
-            inherited: false,
-            shared: false,
-        })
+        .map(|socket| Listener::new(socket, false, false, false))
         .collect())
 }
 

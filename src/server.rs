@@ -4,8 +4,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use socket2::Socket;
 use std::thread;
 use std::time::{Instant, SystemTime};
 
@@ -23,6 +28,7 @@ use crate::sys::epoll::EpollDriver;
 use crate::sys::socket::Listener;
 use crate::sys::uring::UringDriver;
 use crate::sys::{Backend, activation, cpu, signal};
+use crate::upgrade::{self, Offer};
 use crate::worker::Runner;
 
 /// A bound server, ready to run: one listening socket per worker, all on one address.
@@ -55,6 +61,18 @@ pub struct Server {
     cpus: Vec<usize>,
     shared: Arc<Shared>,
     backend: Backend,
+    upgrade: Upgrade,
+}
+
+/// This server's part in in-place upgrades.
+#[derive(Debug, Default)]
+struct Upgrade {
+    /// Offering its sockets to a successor (bound now).
+    offer: Option<Offer>,
+    /// Taken over from a predecessor: tell it once serving, then offer at `path`.
+    predecessor: Option<UnixStream>,
+    /// What to offer, for a successor that binds its offer after the take-over.
+    later: Option<(PathBuf, Vec<Socket>, Vec<Arc<AtomicBool>>)>,
 }
 
 impl Server {
@@ -66,18 +84,43 @@ impl Server {
     pub(crate) fn bind(config: Config) -> io::Result<Server> {
         let backend = config.backend.resolve()?;
         let cpus = cpu::allowed_cpus()?;
-        let passed = if config.socket_activation {
-            activation::take_listeners()?
+        let mut upgrade = Upgrade::default();
+        let listeners = if let Some(from) = &config.upgrade_from {
+            let (sockets, stream) = upgrade::take_over(from)?;
+            upgrade.predecessor = Some(stream);
+            listener::inherit(sockets, config.workers, cpus.len(), false)?
         } else {
-            None
-        };
-        let listeners = match passed {
-            Some(sockets) => listener::inherit(sockets, config.workers, cpus.len())?,
-            None => {
-                let workers = config.workers.unwrap_or(cpus.len());
-                listener::bind_listeners(config.addr, workers, config.backlog)?
+            let passed = if config.socket_activation {
+                activation::take_listeners()?
+            } else {
+                None
+            };
+            match passed {
+                Some(sockets) => listener::inherit(sockets, config.workers, cpus.len(), true)?,
+                None => {
+                    let workers = config.workers.unwrap_or(cpus.len());
+                    listener::bind_listeners(config.addr, workers, config.backlog)?
+                }
             }
         };
+        if let Some(path) = &config.upgrade_socket {
+            // One descriptor of each distinct socket (a shared one once).
+            let distinct = if listeners.iter().any(|l| l.shared) {
+                1
+            } else {
+                listeners.len()
+            };
+            let sockets = listeners[..distinct]
+                .iter()
+                .map(|l| l.try_clone())
+                .collect::<io::Result<Vec<_>>>()?;
+            let handed = listeners.iter().map(|l| l.others.clone()).collect();
+            if upgrade.predecessor.is_some() {
+                upgrade.later = Some((path.clone(), sockets, handed));
+            } else {
+                upgrade.offer = Some(Offer::bind(path, sockets, handed, false)?);
+            }
+        }
         let local_addr = listener::local_addr(&listeners[0])?;
         let status = format!(
             "serving on {local_addr}: {} workers, {} backend",
@@ -92,6 +135,7 @@ impl Server {
             cpus,
             shared,
             backend,
+            upgrade,
         })
     }
 
@@ -157,10 +201,23 @@ impl Server {
             cpus,
             shared,
             backend,
+            upgrade,
             ..
         } = self;
+        let done = AtomicBool::new(false);
         let signal_raw = signalfd.as_ref().map(AsRawFd::as_raw_fd);
         let results: Vec<io::Result<WorkerReport>> = thread::scope(|scope| {
+            // However this closure returns, the helper threads end with it.
+            let _finish = Finish(&shared, &done);
+            if upgrade.offer.is_some() || upgrade.predecessor.is_some() {
+                let (shared, done) = (&shared, &done);
+                let spawned = thread::Builder::new()
+                    .name("gracering-upgrade".into())
+                    .spawn_scoped(scope, move || run_upgrade(upgrade, shared, done));
+                if let Err(e) = spawned {
+                    log::warn(format_args!("cannot start the upgrade thread: {e}"));
+                }
+            }
             if let Some(notify) = &shared.notify {
                 let mine = shared.clone();
                 let spawned = thread::Builder::new()
@@ -193,25 +250,18 @@ impl Server {
                         // Workers already started must not run forever: stop them.
                         shared.force(Trigger::Handle, Instant::now());
                         shared.wake_all();
-                        if let Some(notify) = &shared.notify {
-                            notify.finish();
-                        }
                         return vec![Err(e)];
                     }
                 }
             }
-            let reports = handles
+            handles
                 .into_iter()
                 .map(|h| {
                     // A worker's panics are caught inside it; this only guards the join.
                     h.join()
                         .unwrap_or_else(|_| Ok(WorkerReport::failed("worker panicked".into())))
                 })
-                .collect();
-            if let Some(notify) = &shared.notify {
-                notify.finish();
-            }
-            reports
+                .collect()
         });
         let began = shared.began();
         let drain_duration = began.map(|b| b.at.elapsed());
@@ -242,6 +292,48 @@ impl Server {
             forced: shared.forced(),
             workers,
         })
+    }
+}
+
+/// Ends the helper threads (notifier, upgrade) when the workers are done.
+struct Finish<'a>(&'a Shared, &'a AtomicBool);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.1.store(true, Ordering::Release);
+        if let Some(notify) = &self.0.notify {
+            notify.finish();
+        }
+    }
+}
+
+/// The upgrade thread: a successor tells its predecessor once every worker accepts, then
+/// offers its own sockets; a server offers until one takes over.
+fn run_upgrade(upgrade: Upgrade, shared: &Shared, done: &AtomicBool) {
+    let Upgrade {
+        mut offer,
+        predecessor,
+        later,
+    } = upgrade;
+    if let Some(stream) = predecessor {
+        while !shared.all_started() && !done.load(Ordering::Acquire) {
+            thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if done.load(Ordering::Acquire) {
+            return; // never served: the predecessor keeps serving (rollback)
+        }
+        if let Err(e) = upgrade::confirm(stream) {
+            log::warn(format_args!("upgrade: cannot tell the old process: {e}"));
+        }
+        if let Some((path, sockets, handed)) = later {
+            match Offer::bind(&path, sockets, handed, true) {
+                Ok(o) => offer = Some(o),
+                Err(e) => log::warn(format_args!("upgrade socket: {e}; no further upgrades")),
+            }
+        }
+    }
+    if let Some(offer) = offer {
+        offer.run(shared, done);
     }
 }
 

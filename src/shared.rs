@@ -4,7 +4,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -29,6 +29,8 @@ pub enum Trigger {
     /// A worker failed (its wait on the kernel returned an error, or the engine
     /// panicked): the others drain so that the process ends and can be restarted.
     WorkerFailed,
+    /// A new process took over the listening sockets (in-place upgrade).
+    Upgrade,
 }
 
 impl Trigger {
@@ -47,6 +49,7 @@ impl Trigger {
             Trigger::Sigint => "SIGINT",
             Trigger::Handle => "handle",
             Trigger::WorkerFailed => "worker-failed",
+            Trigger::Upgrade => "upgrade",
         }
     }
 }
@@ -106,6 +109,8 @@ pub(crate) struct Shared {
     state: AtomicU8,
     began: OnceLock<Began>,
     live: AtomicU64,
+    /// Workers whose loop has started (accept armed).
+    started: AtomicUsize,
     pub wakers: Box<[Waker]>,
     /// systemd's notifications, when `NOTIFY_SOCKET` asks for them.
     pub notify: Option<Notify>,
@@ -117,6 +122,7 @@ impl Shared {
             state: AtomicU8::new(RUNNING),
             began: OnceLock::new(),
             live: AtomicU64::new(0),
+            started: AtomicUsize::new(0),
             wakers: (0..workers)
                 .map(|_| Waker::new())
                 .collect::<io::Result<_>>()?,
@@ -131,6 +137,7 @@ impl Shared {
             state: AtomicU8::new(RUNNING),
             began: OnceLock::new(),
             live: AtomicU64::new(0),
+            started: AtomicUsize::new(0),
             wakers: Box::new([]),
             notify: None,
         })
@@ -177,6 +184,16 @@ impl Shared {
 
     pub fn live(&self) -> u64 {
         self.live.load(Ordering::Relaxed)
+    }
+
+    /// A worker's loop started (its accept is armed).
+    pub fn worker_started(&self) {
+        self.started.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether every worker's loop has started.
+    pub fn all_started(&self) -> bool {
+        self.started.load(Ordering::Acquire) >= self.wakers.len()
     }
 
     /// Wakes every worker through its eventfd (for callers without a ring).

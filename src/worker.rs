@@ -176,6 +176,7 @@ impl<H: Handler, D: Driver> Runner<H, D> {
         self.real_clock = true;
         let index = self.engine.index();
         let _worker_thread = mailbox::enter_worker(shared, index);
+        shared.worker_started();
         let notify = shared.notify.as_ref();
         let max_wait = notify.and_then(|n| n.max_wait());
         if let Some(n) = notify {

@@ -22,10 +22,13 @@ pub struct ServerArgs {
     pub drain_delay: Option<Duration>,
     pub grace_period: Option<Duration>,
     pub linger: Option<Duration>,
+    pub upgrade_socket: Option<std::path::PathBuf>,
+    pub upgrade_from: Option<std::path::PathBuf>,
 }
 
 pub const SERVER_USAGE: &str = "[--addr IP:PORT] [--workers N] [--backlog N] \
-[--drain-delay DUR] [--grace-period DUR] [--linger DUR]   (DUR: 500ms, 25s, 1m)";
+[--drain-delay DUR] [--grace-period DUR] [--linger DUR] [--upgrade-socket PATH] \
+[--upgrade-from PATH]   (DUR: 500ms, 25s, 1m)";
 
 impl ServerArgs {
     /// Takes the flag (and its value) if it is one of the server flags.
@@ -42,6 +45,8 @@ impl ServerArgs {
             "--drain-delay" => self.drain_delay = Some(parse_duration(&value()?).map_err(bad)?),
             "--grace-period" => self.grace_period = Some(parse_duration(&value()?).map_err(bad)?),
             "--linger" => self.linger = Some(parse_duration(&value()?).map_err(bad)?),
+            "--upgrade-socket" => self.upgrade_socket = Some(value()?.into()),
+            "--upgrade-from" => self.upgrade_from = Some(value()?.into()),
             _ => return Ok(false),
         }
         Ok(true)
@@ -65,6 +70,12 @@ impl ServerArgs {
         }
         if let Some(d) = self.linger {
             b = b.linger(d);
+        }
+        if let Some(p) = &self.upgrade_socket {
+            b = b.upgrade_socket(p);
+        }
+        if let Some(p) = &self.upgrade_from {
+            b = b.upgrade_from(p);
         }
         b
     }

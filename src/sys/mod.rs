@@ -15,6 +15,7 @@ pub(crate) mod cpu;
 pub(crate) mod epoll;
 pub(crate) mod eventfd;
 pub(crate) mod fds;
+pub(crate) mod handoff;
 pub(crate) mod signal;
 pub(crate) mod socket;
 pub(crate) mod syscall;

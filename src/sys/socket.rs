@@ -4,6 +4,8 @@
 
 use std::ops::Deref;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use socket2::{SockFilter, Socket};
 
@@ -18,12 +20,35 @@ use socket2::{SockFilter, Socket};
 #[derive(Debug)]
 pub(crate) struct Listener {
     pub socket: Socket,
+    /// Passed to this process (socket activation, or an upgrade's predecessor).
     pub inherited: bool,
+    /// Another process holds this socket too and will accept from it after this one
+    /// (systemd; or, once handed over, the successor of an in-place upgrade): the
+    /// drain leaves its queue and its filter alone. Set at once for an inherited
+    /// socket, and at the hand-over for an upgrade.
+    pub others: Arc<AtomicBool>,
     /// Other workers accept from the same socket (one passed socket for all): io_uring
     /// then arms single accepts, so that a ring that took a connection queues behind
     /// the others for the next one (a multishot accept keeps its place in the socket's
     /// wait queue, and the first ring would take every connection).
     pub shared: bool,
+}
+
+impl Listener {
+    /// A listener of this process's own, or one passed to it.
+    pub fn new(socket: Socket, inherited: bool, others: bool, shared: bool) -> Listener {
+        Listener {
+            socket,
+            inherited,
+            others: Arc::new(AtomicBool::new(others)),
+            shared,
+        }
+    }
+
+    /// Whether another process holds this socket too.
+    pub fn held_by_others(&self) -> bool {
+        self.others.load(Ordering::Acquire)
+    }
 }
 
 impl Deref for Listener {
@@ -57,8 +82,8 @@ pub(crate) fn accept_all(
     flags: libc::c_int,
     accepted: &mut Vec<RawFd>,
 ) -> Option<i32> {
-    if listener.inherited {
-        return None; // the queue is the service manager's: left for the next instance
+    if listener.held_by_others() {
+        return None; // the queue is another process's too: left for it
     }
     loop {
         match accept(listener.as_raw_fd(), flags) {
@@ -106,8 +131,8 @@ fn syn_filter() -> [SockFilter; 5] {
 /// reset after its handshake completed. A failure is logged: the drain goes on without
 /// the filter (a handshake that completes in the last instant may then be reset).
 pub(crate) fn refuse_new_handshakes(listener: &Listener) {
-    if listener.inherited {
-        return; // the filter would outlive us on the service manager's socket
+    if listener.held_by_others() {
+        return; // the filter would outlive us on the other process's socket
     }
     if let Err(e) = listener.attach_filter(&syn_filter()) {
         log::warn(format_args!(
