@@ -271,7 +271,11 @@ impl Builder {
     }
 
     /// Creates the workers' listening sockets (bound, listening) and returns the server,
-    /// ready to [`run`](Server::run).
+    /// ready to [`run`](Server::run). Unless [`handle_signals`](Builder::handle_signals)
+    /// is off, SIGTERM and SIGINT are blocked in the calling thread from here on, so that
+    /// a signal that comes between `bind` and `run` (a supervisor that signals as soon as
+    /// the address is printed) starts the drain instead of killing the process: call
+    /// `run` on the same thread.
     pub fn bind(self) -> io::Result<Server> {
         Server::bind(self.config)
     }

@@ -82,6 +82,11 @@ impl Server {
     }
 
     pub(crate) fn bind(config: Config) -> io::Result<Server> {
+        if config.handle_signals {
+            // From here on a SIGTERM waits for the workers' signalfd instead of killing
+            // the process: a supervisor may signal it as soon as it prints its address.
+            signal::block_shutdown_signals()?;
+        }
         let backend = config.backend.resolve()?;
         let cpus = cpu::allowed_cpus()?;
         let mut upgrade = Upgrade::default();
