@@ -59,6 +59,7 @@ fn parse_args() -> Result<(ServerArgs, Vec<String>), String> {
 }
 
 fn main() -> ExitCode {
+    common::logger::init();
     let (args, resources) = match parse_args() {
         Ok(parsed) => parsed,
         Err(msg) => {

@@ -16,7 +16,6 @@ use crate::contract::Driver;
 use crate::engine::{Engine, panic_message};
 use crate::handler::{Handler, Worker};
 use crate::listener;
-use crate::log;
 use crate::mailbox;
 use crate::shared::{Shared, ShutdownHandle, Trigger};
 use crate::stats::{Report, WorkerReport};
@@ -118,12 +117,12 @@ impl Server {
         H: Handler,
         F: Fn(&mut Worker<H::Message>) -> H + Sync,
     {
-        log::info(format_args!(
+        log::info!(
             "{} backend; {} workers on {}",
             self.backend,
             self.listeners.len(),
             self.local_addr
-        ));
+        );
         let signalfd: Option<OwnedFd> = if self.config.handle_signals {
             signal::block_shutdown_signals()?;
             Some(signal::shutdown_signalfd()?)
@@ -234,9 +233,7 @@ fn contain_worker<H: Handler>(
         Ok(Ok(report)) => report,
         Ok(Err(e)) => {
             // It could not start: stop the others rather than run degraded forever.
-            log::warn(format_args!(
-                "worker {index}: cannot start: {e}; stopping the server"
-            ));
+            log::warn!("worker {index}: cannot start: {e}; stopping the server");
             if shared.force(Trigger::Handle, Instant::now()) {
                 shared.wake_all();
             }
@@ -245,9 +242,7 @@ fn contain_worker<H: Handler>(
         Err(payload) => WorkerReport::failed(format!("panicked: {}", panic_message(&*payload))),
     };
     if let Some(why) = &report.failure {
-        log::warn(format_args!(
-            "worker {index} failed ({why}); its sockets are closed, draining the others"
-        ));
+        log::warn!("worker {index} failed ({why}); its sockets are closed, draining the others");
         if shared.begin(Trigger::WorkerFailed, Instant::now()) {
             shared.wake_all();
         }
@@ -272,7 +267,7 @@ fn run_worker<H: Handler>(
     if let Some(cpu) = cpu
         && let Err(e) = cpu::pin_current_thread(cpu)
     {
-        log::warn(format_args!("worker {index}: cannot pin to CPU {cpu}: {e}"));
+        log::warn!("worker {index}: cannot pin to CPU {cpu}: {e}");
     }
     match backend {
         Backend::Epoll => {
@@ -313,9 +308,7 @@ fn drive<H: Handler, D: Driver>(
     }
     let served = runner.serve(&shared);
     if let Err(e) = &served {
-        log::warn(format_args!(
-            "worker {index}: wait failed: {e}; releasing the backend"
-        ));
+        log::warn!("worker {index}: wait failed: {e}; releasing the backend");
         // The others start draining now, not after this worker's release.
         if shared.begin(Trigger::WorkerFailed, Instant::now()) {
             shared.wake_all();

@@ -81,7 +81,7 @@ impl Backend {
             Backend::Epoll => Ok(Backend::Epoll),
             Backend::Uring => match uring::build_ring(8) {
                 Ok((_, features)) => {
-                    crate::log::info(format_args!("{features}"));
+                    log::info!("{features}");
                     Ok(Backend::Uring)
                 }
                 Err(e) => Err(io::Error::new(
@@ -91,13 +91,11 @@ impl Backend {
             },
             Backend::Auto => match uring::build_ring(8) {
                 Ok((_, features)) => {
-                    crate::log::info(format_args!("{features}"));
+                    log::info!("{features}");
                     Ok(Backend::Uring)
                 }
                 Err(e) => {
-                    crate::log::warn(format_args!(
-                        "io_uring unavailable ({e}); using the epoll backend"
-                    ));
+                    log::warn!("io_uring unavailable ({e}); using the epoll backend");
                     Ok(Backend::Epoll)
                 }
             },

@@ -7,7 +7,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use socket2::{SockFilter, Socket};
 
 use super::syscall::syscall;
-use crate::log;
 
 /// `shutdown(2)` on a connection socket the worker owns (its slot keeps the descriptor
 /// open until the close completes). ENOTCONN (the peer reset the connection first)
@@ -18,7 +17,7 @@ pub(crate) fn shutdown(fd: RawFd, how: libc::c_int) {
     match unsafe { syscall!(shutdown(fd, how)) } {
         Ok(_) => {}
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
-        Err(e) => log::warn(format_args!("shutdown({fd}, {how}): {e}")),
+        Err(e) => log::warn!("shutdown({fd}, {how}): {e}"),
     }
 }
 
@@ -77,9 +76,7 @@ fn syn_filter() -> [SockFilter; 5] {
 /// the filter (a handshake that completes in the last instant may then be reset).
 pub(crate) fn refuse_new_handshakes(listener: &Socket) {
     if let Err(e) = listener.attach_filter(&syn_filter()) {
-        log::warn(format_args!(
-            "cannot attach the SYN filter to the listener: {e}"
-        ));
+        log::warn!("cannot attach the SYN filter to the listener: {e}");
     }
 }
 
