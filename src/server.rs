@@ -54,6 +54,8 @@ pub struct Server {
     cpus: Vec<usize>,
     shared: Arc<Shared>,
     backend: Backend,
+    /// What the start line says of the kernel (features, or why epoll).
+    kernel: String,
 }
 
 impl Server {
@@ -63,7 +65,7 @@ impl Server {
     }
 
     pub(crate) fn bind(config: Config) -> io::Result<Server> {
-        let backend = config.backend.resolve()?;
+        let (backend, kernel) = config.backend.resolve()?;
         let cpus = cpu::allowed_cpus()?;
         let workers = config.workers.unwrap_or(cpus.len());
         let listeners = listener::bind_all(config.addr, workers, config.backlog)?;
@@ -76,6 +78,7 @@ impl Server {
             cpus,
             shared,
             backend,
+            kernel,
         })
     }
 
@@ -118,10 +121,11 @@ impl Server {
         F: Fn(&mut Worker<H::Message>) -> H + Sync,
     {
         log::info!(
-            "{} backend; {} workers on {}",
+            "{} backend; {} workers on {}; {}",
             self.backend,
             self.listeners.len(),
-            self.local_addr
+            self.local_addr,
+            self.kernel
         );
         let signalfd: Option<OwnedFd> = if self.config.handle_signals {
             signal::block_shutdown_signals()?;
@@ -194,14 +198,22 @@ impl Server {
         {
             return Err(e); // no worker ran at all: nothing was served, nothing to report
         }
-        Ok(Report {
+        let report = Report {
             backend: backend.name(),
             trigger: began.map(|b| b.trigger),
             began_at,
             drain_duration,
             forced: shared.forced(),
             workers,
-        })
+        };
+        // The summary: a warning when the drain was not clean, so `warn` still shows it.
+        let level = if report.is_clean() && !report.forced {
+            log::Level::Info
+        } else {
+            log::Level::Warn
+        };
+        log::log!(target: crate::drain::LOG_TARGET, level, "{}", report.summary());
+        Ok(report)
     }
 }
 

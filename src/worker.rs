@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(feature = "sim")]
 use crate::config::Fault;
 use crate::contract::{Driver, Intents};
+use crate::drain::LOG_TARGET as DRAIN;
 use crate::engine::{Engine, Note, panic_message};
 use crate::handler::Handler;
 use crate::mailbox;
@@ -264,10 +265,11 @@ impl<H: Handler, D: Driver> Runner<H, D> {
 fn run_teardowns(index: usize, teardowns: Vec<crate::handler::Teardown>) -> u64 {
     let mut panics = 0;
     for (name, close) in teardowns {
-        log::info!("worker {index}: teardown {name}");
+        log::info!(target: DRAIN, "worker {index}: teardown {name}");
         if let Err(payload) = catch_unwind(AssertUnwindSafe(close)) {
             panics += 1;
             log::warn!(
+                target: DRAIN,
                 "worker {index}: teardown {name} panicked: {}",
                 panic_message(&*payload)
             );
@@ -276,11 +278,18 @@ fn run_teardowns(index: usize, teardowns: Vec<crate::handler::Teardown>) -> u64 
     panics
 }
 
-/// Logs one of the engine's notes as `worker N: ...`.
+/// Logs one of the engine's notes as `worker N: ...`: the drain's under
+/// `gracering::drain`, the others under this module's target.
 fn log_note(index: usize, note: &Note) {
-    if note.is_warning() {
-        log::warn!("worker {index}: {note}");
+    let target = if note.is_drain() {
+        DRAIN
     } else {
-        log::info!("worker {index}: {note}");
-    }
+        module_path!()
+    };
+    let level = if note.is_warning() {
+        log::Level::Warn
+    } else {
+        log::Level::Info
+    };
+    log::log!(target: target, level, "worker {index}: {note}");
 }

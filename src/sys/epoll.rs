@@ -192,6 +192,7 @@ impl Drop for EpollDriver {
         // connection end instead of hanging.
         self.q.fds.close_all();
         log::info!(
+            target: crate::drain::LOG_TARGET,
             "worker {}: backend released (epoll set closed)",
             self.q.index
         );

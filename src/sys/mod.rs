@@ -71,32 +71,38 @@ impl Backend {
         }
     }
 
-    /// Resolves `Auto` (and the environment) to the backend that will run.
-    pub(crate) fn resolve(self) -> io::Result<Backend> {
-        let wanted = match self {
-            Backend::Auto => Backend::from_env()?.unwrap_or(Backend::Auto),
-            explicit => explicit,
+    /// Resolves `Auto` (and the environment) to the backend that will run, with what
+    /// the start line says of the kernel: io_uring's features, or why epoll runs.
+    pub(crate) fn resolve(self) -> io::Result<(Backend, String)> {
+        let release = uring::kernel_release;
+        let (wanted, asked_by) = match self {
+            Backend::Auto => match Backend::from_env()? {
+                Some(b) => (b, "GRACERING_BACKEND"),
+                None => (Backend::Auto, ""),
+            },
+            explicit => (explicit, "the builder"),
         };
         match wanted {
-            Backend::Epoll => Ok(Backend::Epoll),
+            Backend::Epoll => Ok((
+                Backend::Epoll,
+                format!(
+                    "Linux {}: io_uring not used ({asked_by} asked for epoll)",
+                    release()
+                ),
+            )),
             Backend::Uring => match uring::build_ring(8) {
-                Ok((_, features)) => {
-                    log::info!("{features}");
-                    Ok(Backend::Uring)
-                }
+                Ok((_, features)) => Ok((Backend::Uring, features.to_string())),
                 Err(e) => Err(io::Error::new(
                     e.kind(),
                     format!("io_uring backend unavailable: {e}"),
                 )),
             },
             Backend::Auto => match uring::build_ring(8) {
-                Ok((_, features)) => {
-                    log::info!("{features}");
-                    Ok(Backend::Uring)
-                }
+                Ok((_, features)) => Ok((Backend::Uring, features.to_string())),
                 Err(e) => {
                     log::warn!("io_uring unavailable ({e}); using the epoll backend");
-                    Ok(Backend::Epoll)
+                    let why = format!("Linux {}: io_uring unavailable ({e})", release());
+                    Ok((Backend::Epoll, why))
                 }
             },
         }

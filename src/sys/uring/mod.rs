@@ -42,7 +42,7 @@ pub(crate) use bufring::BufRing;
 #[cfg(feature = "sim")]
 pub(crate) use bufring::UnregisteredBufRing;
 pub(crate) use queue::UringQueue;
-pub(crate) use setup::build_ring;
+pub(crate) use setup::{build_ring, kernel_release};
 
 use queue::{SubmitState, take_connect, take_parked};
 
@@ -92,6 +92,13 @@ impl UringDriver {
                 0,
             )?;
         }
+        log::debug!(
+            "worker {index}: ring of {} entries ({}), {} receive buffers of {} bytes",
+            config.ring_entries,
+            features.mode,
+            config.buffer_count,
+            config.buffer_size
+        );
         let wake_fd = shared.wakers[index].eventfd().raw();
         shared.wakers[index].set_ring_fd(ring.as_raw_fd());
         let mut driver = UringDriver {
@@ -312,7 +319,11 @@ impl Drop for UringDriver {
         // Descriptors the engine never closed (a worker that failed): the peers see the
         // connection end instead of hanging.
         self.st.fds.close_all();
-        log::info!("worker {}: backend released (ring dropped)", self.st.index);
+        log::info!(
+            target: crate::drain::LOG_TARGET,
+            "worker {}: backend released (ring dropped)",
+            self.st.index
+        );
     }
 }
 
