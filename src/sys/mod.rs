@@ -37,7 +37,7 @@ pub(crate) fn abort_sockets(listener: &mut Option<socket2::Socket>, fds: &mut fd
 #[non_exhaustive]
 pub enum Backend {
     /// io_uring when the kernel offers what the engine needs, epoll otherwise (the
-    /// reason is logged once). The `GRACERING_BACKEND` environment variable
+    /// reason is logged: a warning at bind, and the start line). The `GRACERING_BACKEND` environment variable
     /// (`uring`, `epoll`, `auto`) overrides this default.
     #[default]
     Auto,
