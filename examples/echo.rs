@@ -12,6 +12,10 @@
 //! Exit codes: 0 after a clean drain; 3 when connections had to be cut (grace deadline
 //! or second signal); 1 when the server could not start; 2 for bad arguments.
 //!
+//! gracering's log lines (start, drain phases, summary, warnings) go to stderr as
+//! `LEVEL target: message`, levels from `RUST_LOG` (`warn`, `warn,gracering::drain=info`,
+//! `off`; default `info`: see `common/logger.rs`). The JSON report is printed at any level.
+//!
 //! `--resources a,b` registers demonstration per-worker resources; each logs
 //! `worker N: teardown NAME` when the worker tears it down (in reverse order, after the
 //! worker's last connection closed).
@@ -59,6 +63,7 @@ fn parse_args() -> Result<(ServerArgs, Vec<String>), String> {
 }
 
 fn main() -> ExitCode {
+    common::logger::init();
     let (args, resources) = match parse_args() {
         Ok(parsed) => parsed,
         Err(msg) => {

@@ -17,6 +17,10 @@
 //! drain report goes to stderr as one JSON line. Exit codes: 0 after a clean drain, 3
 //! when connections had to be cut, 1 when the server could not start, 2 for bad
 //! arguments.
+//!
+//! gracering's log lines (start, drain phases, summary, warnings) go to stderr as
+//! `LEVEL target: message`, levels from `RUST_LOG` (`warn`, `warn,gracering::drain=info`,
+//! `off`; default `info`: see `common/logger.rs`). The JSON report is printed at any level.
 
 mod common;
 
@@ -111,6 +115,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    common::logger::init();
     let args = match parse_args() {
         Ok(args) => args,
         Err(msg) => {

@@ -27,6 +27,9 @@
 
 use std::time::{Duration, Instant};
 
+/// The log target of the drain's lines (its phases, per worker, and the summary).
+pub(crate) const LOG_TARGET: &str = module_path!();
+
 /// Where a worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {

@@ -81,8 +81,21 @@
 //! - [`http`]: HTTP/1.1 on the engine.
 //! - `sim` (cargo feature `sim`): an in-memory backend, to drive a handler and the engine
 //!   deterministically without a kernel.
-//! - `server`, `config`, `handler`, `listener`, `buf`, `stats`, `log`: the embedding
-//!   API, listening sockets, output buffers, counters and the report.
+//! - `server`, `config`, `handler`, `listener`, `buf`, `stats`: the embedding API,
+//!   listening sockets, output buffers, counters and the report.
+//!
+//! ## Logging
+//!
+//! The engine logs through the [`log`](https://docs.rs/log) facade and prints nothing by
+//! itself: without a logger installed (`env_logger`, `tracing`'s `log` bridge, or your
+//! own) it is silent. With one, a server logs one line at start (address, workers,
+//! backend and the kernel features it found, or why io_uring was not used), one line
+//! per drain phase and worker, one summary line when [`Server::run`] returns, and a
+//! warning for each back-off and error; nothing per connection or request, so `info`
+//! is fit for production. Targets follow the modules: `gracering::server` (start, and
+//! the worker-level failures), `gracering::drain` (the drain's phases and its summary),
+//! `gracering::worker` (accept back-offs, handler panics), `gracering::sys` and below
+//! (the backends' errors). The drain report ([`Report`]) is returned either way.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -99,7 +112,6 @@ mod engine;
 mod handler;
 pub mod http;
 mod listener;
-mod log;
 mod mailbox;
 mod notify;
 mod outbound;

@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-use crate::log;
-
 /// The notifier's tick without a watchdog.
 const STATUS_TICK: Duration = Duration::from_secs(1);
 
@@ -76,7 +74,7 @@ impl Notify {
         if let Err(e) = sd_notify::notify(states)
             && !self.failed.swap(true, Ordering::Relaxed)
         {
-            log::warn(format_args!("sd_notify: {e} (further failures not logged)"));
+            log::warn!("sd_notify: {e} (further failures not logged)");
         }
     }
 

@@ -19,7 +19,6 @@ use crate::contract::Driver;
 use crate::engine::{Engine, panic_message};
 use crate::handler::{Handler, Worker};
 use crate::listener;
-use crate::log;
 use crate::mailbox;
 use crate::notify::Notify;
 use crate::shared::{Shared, ShutdownHandle, Trigger};
@@ -61,6 +60,8 @@ pub struct Server {
     cpus: Vec<usize>,
     shared: Arc<Shared>,
     backend: Backend,
+    /// What the start line says of the kernel (features, or why epoll).
+    kernel: String,
     upgrade: Upgrade,
 }
 
@@ -87,7 +88,7 @@ impl Server {
             // the process: a supervisor may signal it as soon as it prints its address.
             signal::block_shutdown_signals()?;
         }
-        let backend = config.backend.resolve()?;
+        let (backend, kernel) = config.backend.resolve()?;
         let cpus = cpu::allowed_cpus()?;
         let mut upgrade = Upgrade::default();
         let listeners = if let Some(from) = &config.upgrade_from {
@@ -141,6 +142,7 @@ impl Server {
             shared,
             backend,
             upgrade,
+            kernel,
         })
     }
 
@@ -188,12 +190,13 @@ impl Server {
         H: Handler,
         F: Fn(&mut Worker<H::Message>) -> H + Sync,
     {
-        log::info(format_args!(
-            "{} backend; {} workers on {}",
+        log::info!(
+            "{} backend; {} workers on {}; {}",
             self.backend,
             self.listeners.len(),
-            self.local_addr
-        ));
+            self.local_addr,
+            self.kernel
+        );
         let signalfd: Option<OwnedFd> = if self.config.handle_signals {
             signal::block_shutdown_signals()?;
             Some(signal::shutdown_signalfd()?)
@@ -220,7 +223,7 @@ impl Server {
                     .name("gracering-upgrade".into())
                     .spawn_scoped(scope, move || run_upgrade(upgrade, shared, done));
                 if let Err(e) = spawned {
-                    log::warn(format_args!("cannot start the upgrade thread: {e}"));
+                    log::warn!("cannot start the upgrade thread: {e}");
                 }
             }
             if let Some(notify) = &shared.notify {
@@ -231,7 +234,7 @@ impl Server {
                         notify.run(|| mine.live(), || mine.draining());
                     });
                 if let Err(e) = spawned {
-                    log::warn(format_args!("cannot start the sd_notify thread: {e}"));
+                    log::warn!("cannot start the sd_notify thread: {e}");
                 }
             }
             let mut handles = Vec::with_capacity(listeners.len());
@@ -289,14 +292,22 @@ impl Server {
         {
             return Err(e); // no worker ran at all: nothing was served, nothing to report
         }
-        Ok(Report {
+        let report = Report {
             backend: backend.name(),
             trigger: began.map(|b| b.trigger),
             began_at,
             drain_duration,
             forced: shared.forced(),
             workers,
-        })
+        };
+        // The summary: a warning when the drain was not clean, so `warn` still shows it.
+        let level = if report.is_clean() && !report.forced {
+            log::Level::Info
+        } else {
+            log::Level::Warn
+        };
+        log::log!(target: crate::drain::LOG_TARGET, level, "{}", report.summary());
+        Ok(report)
     }
 }
 
@@ -328,12 +339,12 @@ fn run_upgrade(upgrade: Upgrade, shared: &Shared, done: &AtomicBool) {
             return; // never served: the predecessor keeps serving (rollback)
         }
         if let Err(e) = upgrade::confirm(stream) {
-            log::warn(format_args!("upgrade: cannot tell the old process: {e}"));
+            log::warn!("upgrade: cannot tell the old process: {e}");
         }
         if let Some((path, sockets, handed)) = later {
             match Offer::bind(&path, sockets, handed, true) {
                 Ok(o) => offer = Some(o),
-                Err(e) => log::warn(format_args!("upgrade socket: {e}; no further upgrades")),
+                Err(e) => log::warn!("upgrade socket: {e}; no further upgrades"),
             }
         }
     }
@@ -370,9 +381,7 @@ fn contain_worker<H: Handler>(
         Ok(Ok(report)) => report,
         Ok(Err(e)) => {
             // It could not start: stop the others rather than run degraded forever.
-            log::warn(format_args!(
-                "worker {index}: cannot start: {e}; stopping the server"
-            ));
+            log::warn!("worker {index}: cannot start: {e}; stopping the server");
             if shared.force(Trigger::Handle, Instant::now()) {
                 shared.wake_all();
             }
@@ -381,9 +390,7 @@ fn contain_worker<H: Handler>(
         Err(payload) => WorkerReport::failed(format!("panicked: {}", panic_message(&*payload))),
     };
     if let Some(why) = &report.failure {
-        log::warn(format_args!(
-            "worker {index} failed ({why}); its sockets are closed, draining the others"
-        ));
+        log::warn!("worker {index} failed ({why}); its sockets are closed, draining the others");
         if shared.begin(Trigger::WorkerFailed, Instant::now()) {
             shared.wake_all();
         }
@@ -408,7 +415,7 @@ fn run_worker<H: Handler>(
     if let Some(cpu) = cpu
         && let Err(e) = cpu::pin_current_thread(cpu)
     {
-        log::warn(format_args!("worker {index}: cannot pin to CPU {cpu}: {e}"));
+        log::warn!("worker {index}: cannot pin to CPU {cpu}: {e}");
     }
     match backend {
         Backend::Epoll => {
@@ -449,9 +456,7 @@ fn drive<H: Handler, D: Driver>(
     }
     let served = runner.serve(&shared);
     if let Err(e) = &served {
-        log::warn(format_args!(
-            "worker {index}: wait failed: {e}; releasing the backend"
-        ));
+        log::warn!("worker {index}: wait failed: {e}; releasing the backend");
         // The others start draining now, not after this worker's release.
         if shared.begin(Trigger::WorkerFailed, Instant::now()) {
             shared.wake_all();

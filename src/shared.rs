@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::log;
 use crate::notify::Notify;
 use crate::sys::eventfd::EventFd;
 
@@ -96,9 +95,7 @@ impl Waker {
     /// Wakes the worker through its eventfd.
     pub fn wake(&self) {
         if let Err(e) = self.eventfd.notify() {
-            log::warn(format_args!(
-                "cannot wake a worker through its eventfd: {e}"
-            ));
+            log::warn!("cannot wake a worker through its eventfd: {e}");
         }
     }
 }

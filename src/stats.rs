@@ -220,6 +220,33 @@ impl Report {
         self.aborted() == 0 && self.panics() == 0 && self.failed_workers() == 0
     }
 
+    /// The drain in one line, as the server logs it when it stops:
+    /// `drain done: SIGTERM, 12.345 ms, 10 drained, 3 idle, 0 aborted, not forced`.
+    pub(crate) fn summary(&self) -> String {
+        let sum =
+            |f: fn(&WorkerDrain) -> u64| -> u64 { self.workers.iter().map(|w| f(&w.drain)).sum() };
+        let mut line = match (self.trigger, self.drain_duration) {
+            (Some(trigger), Some(took)) => format!(
+                "drain done: {}, {:.3} ms, {} drained, {} idle, {} aborted, {}",
+                trigger.as_str(),
+                took.as_secs_f64() * 1e3,
+                sum(|d| d.drained),
+                sum(|d| d.closed_idle),
+                self.aborted(),
+                if self.forced { "forced" } else { "not forced" }
+            ),
+            _ => "stopped without a drain".to_string(),
+        };
+        let (failed, panics) = (self.failed_workers(), self.panics());
+        if failed > 0 {
+            line.push_str(&format!(", {failed} workers failed"));
+        }
+        if panics > 0 {
+            line.push_str(&format!(", {panics} panics"));
+        }
+        line
+    }
+
     /// The report as one line of JSON.
     pub fn to_json(&self) -> String {
         let ms = |d: Option<Duration>| {

@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
-use crate::log;
 use crate::shared::{Shared, Trigger};
 use crate::sys::handoff;
 
@@ -121,9 +120,9 @@ impl Offer {
                     if self.hand_over(stream) {
                         // The successor replaces the socket file: leave it alone.
                         drop(self.listener);
-                        log::info(format_args!(
+                        log::info!(
                             "upgrade: the new process serves on the handed-over sockets; draining"
-                        ));
+                        );
                         if shared.begin(Trigger::Upgrade, Instant::now()) {
                             shared.wake_all();
                         }
@@ -134,7 +133,7 @@ impl Offer {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => {
-                    log::warn(format_args!("upgrade socket: accept: {e}"));
+                    log::warn!("upgrade socket: accept: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }
@@ -152,9 +151,7 @@ impl Offer {
             .set_nonblocking(false)
             .and_then(|()| handoff::send_fds(&stream, OFFER, &fds));
         if let Err(e) = sent {
-            log::warn(format_args!(
-                "upgrade: cannot pass the listeners: {e}; rolled back, still serving"
-            ));
+            log::warn!("upgrade: cannot pass the listeners: {e}; rolled back, still serving");
             return false;
         }
         // The sockets are the successor's too from now on, whatever it answers: a
@@ -175,9 +172,7 @@ impl Offer {
             }
             return true;
         }
-        log::warn(format_args!(
-            "upgrade: the new process did not start serving; rolled back, still serving"
-        ));
+        log::warn!("upgrade: the new process did not start serving; rolled back, still serving");
         false
     }
 }

@@ -35,9 +35,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(feature = "sim")]
 use crate::config::Fault;
 use crate::contract::{Driver, Intents};
+use crate::drain::LOG_TARGET as DRAIN;
 use crate::engine::{Engine, Note, panic_message};
 use crate::handler::Handler;
-use crate::log;
 use crate::mailbox;
 use crate::shared::Shared;
 use crate::stats::WorkerReport;
@@ -246,22 +246,20 @@ impl<H: Handler, D: Driver> Runner<H, D> {
             }
             let waited = started.elapsed();
             if waited >= RELEASE_LIMIT {
-                log::warn(format_args!(
+                log::warn!(
                     "worker {index}: {left} operations still in flight after {waited:?}; \
                      giving up on them"
-                ));
+                );
                 return false;
             }
             if waited >= RELEASE_WARN && !warned {
                 warned = true;
-                log::warn(format_args!(
-                    "worker {index}: {left} operations still in flight at release"
-                ));
+                log::warn!("worker {index}: {left} operations still in flight at release");
             }
             if let Err(e) = driver.submit_and_wait(Some(RELEASE_POLL)) {
                 wait_errors += 1;
                 if wait_errors == 1 {
-                    log::warn(format_args!("worker {index}: wait failed at release: {e}"));
+                    log::warn!("worker {index}: wait failed at release: {e}");
                 }
                 // The kernel refuses to wait: pause instead of spinning; the time limit
                 // above ends the release.
@@ -285,23 +283,31 @@ impl<H: Handler, D: Driver> Runner<H, D> {
 fn run_teardowns(index: usize, teardowns: Vec<crate::handler::Teardown>) -> u64 {
     let mut panics = 0;
     for (name, close) in teardowns {
-        log::info(format_args!("worker {index}: teardown {name}"));
+        log::info!(target: DRAIN, "worker {index}: teardown {name}");
         if let Err(payload) = catch_unwind(AssertUnwindSafe(close)) {
             panics += 1;
-            log::warn(format_args!(
+            log::warn!(
+                target: DRAIN,
                 "worker {index}: teardown {name} panicked: {}",
                 panic_message(&*payload)
-            ));
+            );
         }
     }
     panics
 }
 
-/// Logs one of the engine's notes as `worker N: ...`.
+/// Logs one of the engine's notes as `worker N: ...`: the drain's under
+/// `gracering::drain`, the others under this module's target.
 fn log_note(index: usize, note: &Note) {
-    if note.is_warning() {
-        log::warn(format_args!("worker {index}: {note}"));
+    let target = if note.is_drain() {
+        DRAIN
     } else {
-        log::info(format_args!("worker {index}: {note}"));
-    }
+        module_path!()
+    };
+    let level = if note.is_warning() {
+        log::Level::Warn
+    } else {
+        log::Level::Info
+    };
+    log::log!(target: target, level, "worker {index}: {note}");
 }

@@ -101,8 +101,8 @@ fn each_run_is_on_the_backend_it_is_meant_to_test() {
             "each_run_is_on_the_backend_it_is_meant_to_test",
             Need::IoUring,
             format!(
-                "the default run is on {backend} (the gracering warning in this test's \
-                 output says why): io_uring is not tested"
+                "the default run is on {backend} (the examples' start line, \
+                 `RUST_LOG=info`, says why): io_uring is not tested"
             ),
         ),
     }

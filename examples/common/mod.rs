@@ -1,6 +1,9 @@
-//! Command-line helpers shared by the examples: flags, durations, the exit protocol.
+//! Command-line helpers shared by the examples: flags, durations, the exit protocol, and
+//! the logger ([`logger`]) each installs first.
 
 #![allow(dead_code)]
+
+pub mod logger;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

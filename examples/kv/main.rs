@@ -375,6 +375,7 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    common::logger::init();
     let args = match parse_args() {
         Ok(args) => args,
         Err(msg) => {

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use crate::shared::Trigger;
 
@@ -40,8 +41,13 @@ pub(crate) enum Note {
     AcceptBackingOff { errno: i32 },
     /// Accepting works again after `backoffs` back-offs.
     AcceptRecovered { backoffs: u64 },
-    /// The first shutdown signal started the drain.
-    DrainBegan { trigger: Trigger, live: u64 },
+    /// This worker's drain began (the first signal, the shutdown handle, a failed
+    /// worker): `open` connections, not ready for `delay` before the accept stops.
+    DrainBegan {
+        trigger: Trigger,
+        open: usize,
+        delay: Duration,
+    },
     /// A second signal forced the drain.
     DrainForced { trigger: Trigger, live: u64 },
     /// Accepting the backlog stopped early on an error.
@@ -73,11 +79,25 @@ impl fmt::Display for Note {
             Note::AcceptRecovered { backoffs } => {
                 write!(f, "accepting again after {backoffs} back-offs")
             }
-            Note::DrainBegan { trigger, live } => write!(
-                f,
-                "{} received, draining {live} connections",
-                trigger.as_str()
-            ),
+            Note::DrainBegan {
+                trigger,
+                open,
+                delay,
+            } => {
+                match trigger {
+                    Trigger::Sigterm | Trigger::Sigint => {
+                        write!(f, "{} received", trigger.as_str())?
+                    }
+                    Trigger::Handle => f.write_str("shutdown handle called")?,
+                    Trigger::WorkerFailed => f.write_str("a worker failed")?,
+                    Trigger::Upgrade => f.write_str("a new process took over the sockets")?,
+                }
+                write!(f, ", draining {open} connections")?;
+                if !delay.is_zero() {
+                    write!(f, " (not ready for {delay:?} before accept stops)")?;
+                }
+                Ok(())
+            }
             Note::DrainForced { trigger, live } => write!(
                 f,
                 "second {}, closing {live} connections now",
@@ -118,6 +138,23 @@ impl fmt::Display for Note {
 }
 
 impl Note {
+    /// Whether the note is a step of the drain (logged under `gracering::drain`) rather
+    /// than something of the worker's (`gracering::worker`).
+    pub fn is_drain(&self) -> bool {
+        match self {
+            Note::DrainBegan { .. }
+            | Note::DrainForced { .. }
+            | Note::BacklogStopped { .. }
+            | Note::AcceptStopped { .. }
+            | Note::Cutting { .. }
+            | Note::LastClosed { .. }
+            | Note::ClosingLinks { .. } => true,
+            Note::AcceptBackingOff { .. }
+            | Note::AcceptRecovered { .. }
+            | Note::HandlerPanic { .. } => false,
+        }
+    }
+
     /// Whether the note is a warning (something failed) rather than information.
     pub fn is_warning(&self) -> bool {
         match self {

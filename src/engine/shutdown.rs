@@ -38,8 +38,6 @@ impl<H: Handler> Engine<H> {
         let now = self.linger.now;
         if !self.shared.draining() {
             if self.shared.begin(trigger, now) {
-                let live = self.shared.live();
-                self.notes.push(Note::DrainBegan { trigger, live });
                 q.wake_workers();
             }
         } else if self.shared.force(trigger, now) {
@@ -56,6 +54,11 @@ impl<H: Handler> Engine<H> {
             return;
         };
         if !self.drain.draining() {
+            self.notes.push(Note::DrainBegan {
+                trigger: began.trigger,
+                open: self.inbound,
+                delay: self.limits.drain_delay,
+            });
             let steps = self.drain.on(Input::Begin {
                 now: began.at,
                 delay: self.limits.drain_delay,

@@ -26,7 +26,6 @@ use super::socket;
 use super::syscall::syscall;
 use super::token::{Kind, NO_CONN, decode, encode};
 use crate::contract::{ConnRef, Driver, Event, Intents, OutBuf, RecvEnd};
-use crate::log;
 use crate::shared::Shared;
 
 /// How much one read takes at most (one buffer, reused for every connection).
@@ -192,10 +191,11 @@ impl Drop for EpollDriver {
         // Descriptors the engine never closed (a worker that failed): the peers see the
         // connection end instead of hanging.
         self.q.fds.close_all();
-        log::info(format_args!(
+        log::info!(
+            target: crate::drain::LOG_TARGET,
             "worker {}: backend released (epoll set closed)",
             self.q.index
-        ));
+        );
     }
 }
 
@@ -249,7 +249,7 @@ impl Reader<'_> {
             Kind::WakeRead => match self.q.shared.wakers[self.q.index].eventfd().take() {
                 Ok(true) => handle(Event::Wake, self.q),
                 Ok(false) => {}
-                Err(e) => log::warn(format_args!("eventfd read failed: {e}")),
+                Err(e) => log::warn!("eventfd read failed: {e}"),
             },
             Kind::Send
             | Kind::Close
@@ -376,11 +376,11 @@ impl Reader<'_> {
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Ok(n) => {
-                    log::warn(format_args!("short signalfd read ({n} bytes)"));
+                    log::warn!("short signalfd read ({n} bytes)");
                     return;
                 }
                 Err(e) => {
-                    log::warn(format_args!("signalfd read failed: {e}"));
+                    log::warn!("signalfd read failed: {e}");
                     return;
                 }
             }
@@ -568,7 +568,7 @@ impl Intents for EpollQueue {
         // SAFETY: the engine closes a descriptor once, after every operation on it ended;
         // closing removes it from the epoll set.
         if let Err(e) = unsafe { syscall!(close(fd)) } {
-            log::warn(format_args!("close({fd}): {e}"));
+            log::warn!("close({fd}): {e}");
         }
         self.deferred.push_back(Deferred::Closed(conn));
     }

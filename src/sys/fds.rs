@@ -5,7 +5,6 @@
 use std::os::fd::RawFd;
 
 use super::syscall::syscall;
-use crate::log;
 
 /// A set of open descriptors, indexed by number (descriptors are small integers).
 #[derive(Debug, Default)]
@@ -55,7 +54,7 @@ impl OpenFds {
                 // SAFETY: the descriptor was handed to this worker, is still open (the
                 // engine never closed it), and is closed once here.
                 if let Err(e) = unsafe { syscall!(close(fd as RawFd)) } {
-                    log::warn(format_args!("close({fd}) at release: {e}"));
+                    log::warn!("close({fd}) at release: {e}");
                 }
             }
         }

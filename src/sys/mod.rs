@@ -39,7 +39,7 @@ pub(crate) fn abort_sockets(listener: &mut Option<socket::Listener>, fds: &mut f
 #[non_exhaustive]
 pub enum Backend {
     /// io_uring when the kernel offers what the engine needs, epoll otherwise (the
-    /// reason is logged once). The `GRACERING_BACKEND` environment variable
+    /// reason is logged: a warning at bind, and the start line). The `GRACERING_BACKEND` environment variable
     /// (`uring`, `epoll`, `auto`) overrides this default.
     #[default]
     Auto,
@@ -73,34 +73,38 @@ impl Backend {
         }
     }
 
-    /// Resolves `Auto` (and the environment) to the backend that will run.
-    pub(crate) fn resolve(self) -> io::Result<Backend> {
-        let wanted = match self {
-            Backend::Auto => Backend::from_env()?.unwrap_or(Backend::Auto),
-            explicit => explicit,
+    /// Resolves `Auto` (and the environment) to the backend that will run, with what
+    /// the start line says of the kernel: io_uring's features, or why epoll runs.
+    pub(crate) fn resolve(self) -> io::Result<(Backend, String)> {
+        let release = uring::kernel_release;
+        let (wanted, asked_by) = match self {
+            Backend::Auto => match Backend::from_env()? {
+                Some(b) => (b, "GRACERING_BACKEND"),
+                None => (Backend::Auto, ""),
+            },
+            explicit => (explicit, "the builder"),
         };
         match wanted {
-            Backend::Epoll => Ok(Backend::Epoll),
+            Backend::Epoll => Ok((
+                Backend::Epoll,
+                format!(
+                    "Linux {}: io_uring not used ({asked_by} asked for epoll)",
+                    release()
+                ),
+            )),
             Backend::Uring => match uring::build_ring(8) {
-                Ok((_, features)) => {
-                    crate::log::info(format_args!("{features}"));
-                    Ok(Backend::Uring)
-                }
+                Ok((_, features)) => Ok((Backend::Uring, features.to_string())),
                 Err(e) => Err(io::Error::new(
                     e.kind(),
                     format!("io_uring backend unavailable: {e}"),
                 )),
             },
             Backend::Auto => match uring::build_ring(8) {
-                Ok((_, features)) => {
-                    crate::log::info(format_args!("{features}"));
-                    Ok(Backend::Uring)
-                }
+                Ok((_, features)) => Ok((Backend::Uring, features.to_string())),
                 Err(e) => {
-                    crate::log::warn(format_args!(
-                        "io_uring unavailable ({e}); using the epoll backend"
-                    ));
-                    Ok(Backend::Epoll)
+                    log::warn!("io_uring unavailable ({e}); using the epoll backend");
+                    let why = format!("Linux {}: io_uring unavailable ({e})", release());
+                    Ok((Backend::Epoll, why))
                 }
             },
         }

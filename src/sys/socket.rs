@@ -59,7 +59,6 @@ impl Deref for Listener {
 }
 
 use super::syscall::syscall;
-use crate::log;
 
 /// `shutdown(2)` on a connection socket the worker owns (its slot keeps the descriptor
 /// open until the close completes). ENOTCONN (the peer reset the connection first)
@@ -70,7 +69,7 @@ pub(crate) fn shutdown(fd: RawFd, how: libc::c_int) {
     match unsafe { syscall!(shutdown(fd, how)) } {
         Ok(_) => {}
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
-        Err(e) => log::warn(format_args!("shutdown({fd}, {how}): {e}")),
+        Err(e) => log::warn!("shutdown({fd}, {how}): {e}"),
     }
 }
 
@@ -135,9 +134,7 @@ pub(crate) fn refuse_new_handshakes(listener: &Listener) {
         return; // the filter would outlive us on the other process's socket
     }
     if let Err(e) = listener.attach_filter(&syn_filter()) {
-        log::warn(format_args!(
-            "cannot attach the SYN filter to the listener: {e}"
-        ));
+        log::warn!("cannot attach the SYN filter to the listener: {e}");
     }
 }
 

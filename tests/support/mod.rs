@@ -103,8 +103,8 @@ pub fn example_path(name: &str) -> PathBuf {
     testkit::build::example_path(name)
 }
 
-/// Starts an example server with `args` (plus `--addr 127.0.0.1:0` unless given) and
-/// waits for its "listening on ADDR" line. `configure` may adjust the command (limits).
+/// Starts an example server with `args` (plus `--addr 127.0.0.1:0` unless given), its
+/// logger at the default level, and waits for its "listening on ADDR" line. `configure` may adjust the command (limits).
 pub fn spawn_example(
     name: &str,
     args: &[&str],
@@ -115,6 +115,9 @@ pub fn spawn_example(
         cmd.args(["--addr", "127.0.0.1:0"]);
     }
     cmd.args(args);
+    // The lines the tests wait for are the default level's (`info`), whatever the
+    // environment of the test run says; `configure` may set another.
+    cmd.env_remove("RUST_LOG");
     configure(&mut cmd);
     let spawned = process::spawn_server(&mut cmd, &Launch::capturing())
         .unwrap_or_else(|e| panic!("example {name}: {e}"));

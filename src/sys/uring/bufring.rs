@@ -182,7 +182,7 @@ fn map(len: usize) -> io::Result<NonNull<u8>> {
 unsafe fn unmap(addr: NonNull<u8>, len: usize) {
     // SAFETY: the caller's promise: our own mapping, unused from now on.
     if let Err(e) = unsafe { syscall!(munmap(addr.as_ptr().cast(), len)) } {
-        crate::log::warn(format_args!("munmap of a buffer ring: {e}"));
+        log::warn!("munmap of a buffer ring: {e}");
     }
 }
 

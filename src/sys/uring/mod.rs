@@ -31,7 +31,6 @@ use io_uring::{IoUring, cqueue};
 
 use crate::config::Config;
 use crate::contract::{ConnRef, Driver, Event, RecvEnd};
-use crate::log;
 use crate::shared::Shared;
 use crate::sys::abort_sockets;
 use crate::sys::fds::OpenFds;
@@ -42,7 +41,7 @@ pub(crate) use bufring::BufRing;
 #[cfg(feature = "sim")]
 pub(crate) use bufring::UnregisteredBufRing;
 pub(crate) use queue::UringQueue;
-pub(crate) use setup::build_ring;
+pub(crate) use setup::{build_ring, kernel_release};
 
 use queue::{SubmitState, take_connect, take_parked};
 
@@ -93,6 +92,13 @@ impl UringDriver {
             )?;
         }
         let multishot_accept = !listener.shared;
+        log::debug!(
+            "worker {index}: ring of {} entries ({}), {} receive buffers of {} bytes",
+            config.ring_entries,
+            features.mode,
+            config.buffer_count,
+            config.buffer_size
+        );
         let wake_fd = shared.wakers[index].eventfd().raw();
         shared.wakers[index].set_ring_fd(ring.as_raw_fd());
         let mut driver = UringDriver {
@@ -190,9 +196,7 @@ impl Driver for UringDriver {
             };
             for &(user_data, res, flags) in &cqes {
                 let Some((kind, conn)) = decode(user_data) else {
-                    log::warn(format_args!(
-                        "completion with unknown user_data {user_data:#x}"
-                    ));
+                    log::warn!("completion with unknown user_data {user_data:#x}");
                     continue;
                 };
                 if !cqueue::more(flags) && !matches!(kind, Kind::Wake | Kind::MsgRing) {
@@ -288,7 +292,7 @@ impl Drop for UringDriver {
         }
         let settled = self.st.inflight == 0;
         if settled && let Err(e) = self.ring.submitter().unregister_buf_ring(BGID) {
-            log::warn(format_args!("unregistering the buffer ring: {e}"));
+            log::warn!("unregistering the buffer ring: {e}");
         }
         // SAFETY: dropped once, here, and never used after: closing the ring fd ends
         // every registration.
@@ -304,20 +308,22 @@ impl Drop for UringDriver {
         } else {
             // Operations were still in flight when the release gave up: the kernel may
             // still write into these buffers or read the parked sends. Leak them.
-            log::warn(format_args!(
+            log::warn!(
                 "worker {}: {} io_uring operations never completed; leaking their buffers",
-                self.st.index, self.st.inflight
-            ));
+                self.st.index,
+                self.st.inflight
+            );
             std::mem::forget(std::mem::take(&mut self.st.sends));
             std::mem::forget(std::mem::take(&mut self.st.connects));
         }
         // Descriptors the engine never closed (a worker that failed): the peers see the
         // connection end instead of hanging.
         self.st.fds.close_all();
-        log::info(format_args!(
+        log::info!(
+            target: crate::drain::LOG_TARGET,
             "worker {}: backend released (ring dropped)",
             self.st.index
-        ));
+        );
     }
 }
 
@@ -345,10 +351,10 @@ impl Reaper<'_> {
             Kind::Send => {
                 let (result, buf, found) = take_parked(&mut q.st.sends, conn, res);
                 if !found {
-                    log::warn(format_args!(
+                    log::warn!(
                         "send completion without its parked buffer (key {}); closing it",
                         conn.key
-                    ));
+                    );
                 }
                 handle(Event::Sent { conn, result, buf }, q);
             }
@@ -362,10 +368,10 @@ impl Reaper<'_> {
                 // ENOENT: it had completed already; EALREADY: it is completing. Anything
                 // else (EINVAL: a cancel this kernel lacks) leaves the target in flight.
                 if res < 0 && !matches!(-res, libc::ENOENT | libc::EALREADY) {
-                    log::warn(format_args!(
+                    log::warn!(
                         "io_uring cancel failed: {}",
                         io::Error::from_raw_os_error(-res)
-                    ));
+                    );
                 }
             }
             Kind::Signal => {
@@ -374,10 +380,10 @@ impl Reaper<'_> {
                     handle(Event::Signal { signo }, q);
                 } else if res < 0 && !matches!(-res, libc::EAGAIN | libc::EINTR) {
                     if -res != libc::ECANCELED {
-                        log::warn(format_args!(
+                        log::warn!(
                             "signalfd read failed: {}",
                             io::Error::from_raw_os_error(-res)
-                        ));
+                        );
                     }
                     return;
                 }
@@ -392,10 +398,10 @@ impl Reaper<'_> {
                 } else if -res != libc::ECANCELED {
                     // Without it, eventfd wake-ups (the shutdown handle, posts from plain
                     // threads) no longer reach this worker: say so.
-                    log::warn(format_args!(
+                    log::warn!(
                         "eventfd read failed: {}; wake-ups from other threads are lost",
                         io::Error::from_raw_os_error(-res)
-                    ));
+                    );
                 }
             }
             Kind::Wake => handle(Event::Wake, q),
@@ -446,9 +452,7 @@ impl Reaper<'_> {
             libc::ENOBUFS => RecvEnd::NoBuffers,
             libc::ECANCELED => RecvEnd::Cancelled,
             libc::EINVAL if q.st.multishot_recv => {
-                log::info(format_args!(
-                    "multishot recv unsupported (Linux < 6.0): re-arming single receives"
-                ));
+                log::info!("multishot recv unsupported (Linux < 6.0): re-arming single receives");
                 q.st.multishot_recv = false;
                 RecvEnd::Rearm
             }
@@ -474,9 +478,7 @@ fn on_accept(
     }
     let errno = -res;
     if errno == libc::EINVAL && q.st.multishot_accept {
-        log::info(format_args!(
-            "multishot accept unsupported (Linux < 5.19): re-arming single accepts"
-        ));
+        log::info!("multishot accept unsupported (Linux < 5.19): re-arming single accepts");
         q.st.multishot_accept = false;
         handle(Event::AcceptEnded { errno: 0 }, q);
         return;

@@ -14,7 +14,6 @@ use io_uring::{Submitter, opcode, squeue::SubmissionQueue, types::Fd};
 use socket2::SockAddr;
 
 use crate::contract::{ConnRef, Intents, OutBuf};
-use crate::log;
 use crate::shared::Shared;
 use crate::sys::fds::OpenFds;
 use crate::sys::socket;
@@ -78,7 +77,7 @@ impl UringQueue<'_> {
             self.st.submitted_early = true;
             self.sq.sync();
             if let Err(e) = self.submitter.submit() {
-                log::warn(format_args!("io_uring submit before shutdowns: {e}"));
+                log::warn!("io_uring submit before shutdowns: {e}");
             }
             self.sq.sync();
         }
@@ -100,7 +99,7 @@ impl UringQueue<'_> {
             // Full: hand the queue to the kernel (without waiting) and try once more.
             self.sq.sync();
             if let Err(e) = self.submitter.submit() {
-                log::warn(format_args!("io_uring submit while the queue is full: {e}"));
+                log::warn!("io_uring submit while the queue is full: {e}");
             }
             self.sq.sync();
             // SAFETY: as above.
@@ -131,7 +130,7 @@ impl UringQueue<'_> {
             }
             self.sq.sync();
             if let Err(e) = self.submitter.submit() {
-                log::warn(format_args!("io_uring submit of the overflow: {e}"));
+                log::warn!("io_uring submit of the overflow: {e}");
                 return false;
             }
             self.sq.sync();

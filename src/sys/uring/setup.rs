@@ -17,21 +17,46 @@ use io_uring::{IoUring, Probe, opcode};
 pub(crate) struct Features {
     /// The set-up flags the kernel accepted.
     pub mode: &'static str,
-    /// `IORING_FEAT_EXT_ARG`: waits can carry a timeout (5.11).
-    pub ext_arg: bool,
     /// `IORING_OP_MSG_RING` (5.18): rings can wake each other.
     pub msg_ring: bool,
+    /// Multishot receives (6.0). No probe tells: this is read off the release, and the
+    /// driver falls back to single receives if the kernel refuses one anyway.
+    pub multishot_recv: bool,
     /// The kernel release, as `uname -r` prints it.
     pub release: String,
 }
 
 impl fmt::Display for Features {
+    /// `Linux 6.8.0: setup=single_issuer+defer_taskrun, ext_arg, buf_ring, ...`: what
+    /// the start line says of the kernel. IORING_FEAT_EXT_ARG (5.11) and provided buffer
+    /// rings (5.19) are required, so multishot accept (5.19) is always there.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "io_uring on Linux {}: setup={} ext_arg={} msg_ring={}",
-            self.release, self.mode, self.ext_arg, self.msg_ring
-        )
+            "Linux {}: setup={}, ext_arg, buf_ring, multishot_accept",
+            self.release, self.mode
+        )?;
+        f.write_str(if self.multishot_recv {
+            ", multishot_recv"
+        } else {
+            ", single recv (Linux < 6.0)"
+        })?;
+        f.write_str(if self.msg_ring {
+            ", msg_ring"
+        } else {
+            ", no msg_ring (eventfd wake-ups)"
+        })
+    }
+}
+
+/// Whether `release` (`uname -r`) is at least `major.minor`; false when unreadable.
+fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
     }
 }
 
@@ -100,11 +125,12 @@ fn probe(ring: &IoUring, mode: &'static str) -> io::Result<Features> {
         ));
     }
     check_buf_ring(ring)?;
+    let release = kernel_release();
     Ok(Features {
         mode,
-        ext_arg: true,
         msg_ring: probe.is_supported(opcode::MsgRingData::CODE),
-        release: kernel_release(),
+        multishot_recv: release_at_least(&release, 6, 0),
+        release,
     })
 }
 
@@ -141,4 +167,18 @@ pub(crate) fn kernel_release() -> String {
         .map(|&c| c as u8)
         .collect();
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_at_least;
+
+    #[test]
+    fn releases_compare_by_major_and_minor() {
+        assert!(release_at_least("6.8.0-49-generic", 6, 0));
+        assert!(release_at_least("6.0", 6, 0));
+        assert!(release_at_least("10.1.2", 6, 0));
+        assert!(!release_at_least("5.19.17", 6, 0));
+        assert!(!release_at_least("unknown", 6, 0));
+    }
 }
