@@ -207,9 +207,7 @@ fn five_upgrades_under_load_lose_nothing() {
             old.stderr_lines()
         );
         assert!(
-            old.stderr_lines()
-                .iter()
-                .any(|l| l.contains("\"trigger\":\"upgrade\"")),
+            old.wait_for_stderr("\"trigger\":\"upgrade\"", Duration::from_secs(2)),
             "{:?}",
             old.stderr_lines()
         );
