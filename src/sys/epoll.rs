@@ -106,11 +106,19 @@ impl EpollDriver {
             shared,
             index,
         };
-        let edge = (libc::EPOLLIN | libc::EPOLLET) as u32;
+        // A listener shared with other workers is level-triggered and accepted from one
+        // connection per wake (`accept_ready`): every worker's set reports it while the
+        // queue holds connections, so the workers take turns instead of the first one
+        // to wake emptying the queue. Edge-triggered otherwise, accepted until EAGAIN.
+        let events = if listener.shared {
+            libc::EPOLLIN as u32
+        } else {
+            (libc::EPOLLIN | libc::EPOLLET) as u32
+        };
         q.ctl(
             libc::EPOLL_CTL_ADD,
             listener.as_raw_fd(),
-            edge,
+            events,
             encode(Kind::Accept, NO_CONN),
         )?;
         if let Some(fd) = signalfd {
@@ -263,13 +271,17 @@ impl Reader<'_> {
     /// Accepts until EAGAIN while the engine wants connections.
     fn accept_ready(&mut self, handle: &mut impl FnMut(Event<'_>, &mut EpollQueue)) {
         while self.q.accept_armed {
-            let Some(fd) = self.q.listener.as_ref().map(|l| l.as_raw_fd()) else {
+            let Some((fd, shared)) = self.q.listener.as_ref().map(|l| (l.as_raw_fd(), l.shared))
+            else {
                 return;
             };
             match socket::accept(fd, libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) {
                 Ok(conn) => {
                     self.q.fds.insert(conn);
                     handle(Event::Accepted { fd: conn }, self.q);
+                    if shared {
+                        return; // level-triggered: the next wake takes the next one
+                    }
                 }
                 Err(libc::EAGAIN) => return,
                 Err(libc::EINTR | libc::ECONNABORTED) => continue,
