@@ -86,7 +86,11 @@ pub(crate) struct Drain {
     began: Option<Instant>,
     deadline: Option<Instant>,
     forced: bool,
+    /// When the accept began to stop (the readiness delay's end).
+    stopping: Option<Instant>,
     accept_stopped: Option<Instant>,
+    /// When the last connection closed (the teardown began).
+    gone: Option<Instant>,
     finished: Option<Instant>,
 }
 
@@ -97,7 +101,9 @@ impl Drain {
             began: None,
             deadline: None,
             forced: false,
+            stopping: None,
             accept_stopped: None,
+            gone: None,
             finished: None,
         }
     }
@@ -145,6 +151,18 @@ impl Drain {
         (self.began, self.accept_stopped, self.finished)
     }
 
+    /// When each phase of the drain began: the drain itself (readiness fails), stopping
+    /// the accept, draining the connections, the teardown, and the end.
+    pub fn milestones(&self) -> [Option<Instant>; 5] {
+        [
+            self.began,
+            self.stopping,
+            self.accept_stopped,
+            self.gone,
+            self.finished,
+        ]
+    }
+
     /// Advances the state machine.
     pub fn on(&mut self, input: Input) -> Steps {
         let mut steps = Steps::default();
@@ -154,6 +172,7 @@ impl Drain {
                 self.deadline = Some(now + grace);
                 if delay.is_zero() {
                     self.phase = Phase::StoppingAccept;
+                    self.stopping = Some(now);
                     steps.stop_accepting = true;
                 } else {
                     self.phase = Phase::NotReady { until: now + delay };
@@ -162,6 +181,7 @@ impl Drain {
             (Phase::Running | Phase::NotReady { .. }, Input::Force { now }) => {
                 self.began.get_or_insert(now);
                 self.phase = Phase::StoppingAccept;
+                self.stopping = Some(now);
                 self.forced = true;
                 steps.stop_accepting = true;
                 steps.abort_connections = true;
@@ -172,6 +192,7 @@ impl Drain {
                 }
                 if now >= until {
                     self.phase = Phase::StoppingAccept;
+                    self.stopping = Some(now);
                     steps.stop_accepting = true;
                 }
             }
@@ -191,7 +212,8 @@ impl Drain {
                 steps.notify_connections = true;
                 steps.abort_connections = self.forced;
             }
-            (Phase::Draining, Input::ConnectionsGone { .. }) => {
+            (Phase::Draining, Input::ConnectionsGone { now }) => {
+                self.gone = Some(now);
                 self.phase = Phase::Teardown;
                 steps.teardown = true;
             }

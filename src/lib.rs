@@ -83,6 +83,7 @@
 //!   deterministically without a kernel.
 //! - `server`, `config`, `handler`, `listener`, `buf`, `stats`, `log`: the embedding
 //!   API, listening sockets, output buffers, counters and the report.
+//! - `metrics`: the live per-worker counters ([`Metrics`]) and their Prometheus text.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -101,6 +102,7 @@ pub mod http;
 mod listener;
 mod log;
 mod mailbox;
+mod metrics;
 mod outbound;
 mod server;
 mod shared;
@@ -117,9 +119,10 @@ pub use config::Builder;
 pub use config::Fault;
 pub use handler::{CloseReason, Conn, ConnId, Handler, Worker};
 pub use mailbox::{ConnAddr, Mailbox, PostError};
+pub use metrics::{CONTENT_TYPE, DURATION_BUCKETS, HttpMetrics, Metrics, WorkerMetrics};
 pub use outbound::{ConnectOptions, Link, LinkError, LinkId, LinkStatus, Local, Outbound};
 pub use server::Server;
 pub use shared::{ShutdownHandle, Trigger};
-pub use stats::{Report, WorkerDrain, WorkerReport, WorkerStats};
+pub use stats::{ClosedBy, Report, WorkerDrain, WorkerReport, WorkerStats};
 pub use sys::Backend;
 pub use sys::signal::block_shutdown_signals;

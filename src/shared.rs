@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::log;
+use crate::metrics::Slot;
 use crate::sys::eventfd::EventFd;
 
 const RUNNING: u8 = 0;
@@ -106,6 +107,8 @@ pub(crate) struct Shared {
     began: OnceLock<Began>,
     live: AtomicU64,
     pub wakers: Box<[Waker]>,
+    /// Each worker's live metrics (its own cache lines; only that worker writes them).
+    pub slots: Box<[Slot]>,
 }
 
 impl Shared {
@@ -117,6 +120,7 @@ impl Shared {
             wakers: (0..workers)
                 .map(|_| Waker::new())
                 .collect::<io::Result<_>>()?,
+            slots: (0..workers).map(|_| Slot::new()).collect(),
         }))
     }
 
@@ -128,6 +132,7 @@ impl Shared {
             began: OnceLock::new(),
             live: AtomicU64::new(0),
             wakers: Box::new([]),
+            slots: Box::new([Slot::new()]),
         })
     }
 
@@ -172,6 +177,12 @@ impl Shared {
 
     pub fn live(&self) -> u64 {
         self.live.load(Ordering::Relaxed)
+    }
+
+    /// Worker `index`'s metrics.
+    #[inline]
+    pub fn slot(&self, index: usize) -> &Slot {
+        &self.slots[index]
     }
 
     /// Wakes every worker through its eventfd (for callers without a ring).
