@@ -9,7 +9,8 @@
 //! Routes: `GET /` answers `Hello, World!`; `GET /healthz` (liveness) is 200 until the
 //! process ends; `GET /readyz` (readiness) is 200 while serving and 503 from the instant
 //! the drain begins (readiness delay included); `GET /slow?ms=N` answers `slow` after N
-//! milliseconds without holding up the worker; anything else is 404.
+//! milliseconds without holding up the worker; `GET /metrics` answers every worker's
+//! figures in the Prometheus text format (during the drain too); anything else is 404.
 //!
 //! SIGTERM or SIGINT drains (a second one, or the grace period, cuts what is left); the
 //! drain report goes to stderr as one JSON line. Exit codes: 0 after a clean drain, 3
@@ -24,10 +25,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use common::{SERVER_USAGE, ServerArgs};
+use gracering::Metrics;
 use gracering::http::{Http, HttpConfig, Request, Response, Service, Status};
 
 /// The example's routes.
-struct Hello;
+struct Hello {
+    metrics: Metrics,
+}
 
 impl Service for Hello {
     type Message = ();
@@ -36,6 +40,7 @@ impl Service for Hello {
         match req.path() {
             "/" if get => res.text(Status::OK, "Hello, World!"),
             "/healthz" if get => res.text(Status::OK, "ok"),
+            "/metrics" if get => common::serve_metrics(&self.metrics, res),
             "/readyz" if get && res.is_draining() => {
                 res.text(Status::SERVICE_UNAVAILABLE, "draining")
             }
@@ -118,7 +123,12 @@ fn main() -> ExitCode {
     );
     let _ = std::io::stdout().flush();
     let config = args.http;
-    match server.run(|_| Http::new(config.clone(), Hello)) {
+    match server.run(|worker| {
+        let hello = Hello {
+            metrics: worker.metrics(),
+        };
+        Http::new(config.clone(), hello).with_metrics(worker)
+    }) {
         Ok(report) => common::finish(&report),
         Err(e) => {
             eprintln!("http: {e}");
