@@ -91,20 +91,6 @@ macro_rules! engine_block {
         }
 
         impl EngineBlock {
-            /// Publishes the counters (one relaxed store each).
-            #[inline]
-            pub(crate) fn publish(&self, s: &WorkerStats) {
-                $(self.$field.store(s.$field, Relaxed);)*
-                let (c, by) = (&self.closed_by, &s.closed_by);
-                c[0].store(by.peer_closed, Relaxed);
-                c[1].store(by.reset, Relaxed);
-                c[2].store(by.error, Relaxed);
-                c[3].store(by.handler, Relaxed);
-                c[4].store(by.input_limit, Relaxed);
-                c[5].store(by.shutdown, Relaxed);
-                c[6].store(by.handler_panic, Relaxed);
-            }
-
             fn stats(&self) -> WorkerStats {
                 let mut s = WorkerStats::default();
                 $(s.$field = self.$field.load(Relaxed);)*
@@ -150,6 +136,49 @@ engine_block!(
 );
 
 impl EngineBlock {
+    /// Publishes the counters: one relaxed store each, skipping two groups that did not
+    /// change (the close reasons, unless `closed` moved; the outbound counters, while no
+    /// link was ever opened).
+    #[inline]
+    pub(crate) fn publish(&self, s: &WorkerStats) {
+        self.accepted.store(s.accepted, Relaxed);
+        self.bytes_in.store(s.bytes_in, Relaxed);
+        self.bytes_out.store(s.bytes_out, Relaxed);
+        self.messages.store(s.messages, Relaxed);
+        self.wakeups.store(s.wakeups, Relaxed);
+        self.accept_backoffs.store(s.accept_backoffs, Relaxed);
+        self.accept_errors.store(s.accept_errors, Relaxed);
+        self.recv_no_buffers.store(s.recv_no_buffers, Relaxed);
+        self.reads_paused.store(s.reads_paused, Relaxed);
+        self.stale_completions.store(s.stale_completions, Relaxed);
+        self.input_limit_closes.store(s.input_limit_closes, Relaxed);
+        self.handler_panics.store(s.handler_panics, Relaxed);
+        self.teardown_panics.store(s.teardown_panics, Relaxed);
+        self.messages_undelivered
+            .store(s.messages_undelivered, Relaxed);
+        // Only this thread stores `closed`: the load reads its own last store.
+        if self.closed.load(Relaxed) != s.closed {
+            let (c, by) = (&self.closed_by, &s.closed_by);
+            c[0].store(by.peer_closed, Relaxed);
+            c[1].store(by.reset, Relaxed);
+            c[2].store(by.error, Relaxed);
+            c[3].store(by.handler, Relaxed);
+            c[4].store(by.input_limit, Relaxed);
+            c[5].store(by.shutdown, Relaxed);
+            c[6].store(by.handler_panic, Relaxed);
+            self.closed.store(s.closed, Relaxed);
+        }
+        if s.outbound_connects != 0 {
+            self.outbound_connects.store(s.outbound_connects, Relaxed);
+            self.outbound_connected.store(s.outbound_connected, Relaxed);
+            self.outbound_failed.store(s.outbound_failed, Relaxed);
+            self.outbound_closed.store(s.outbound_closed, Relaxed);
+            self.outbound_cut.store(s.outbound_cut, Relaxed);
+            self.outbound_bytes_in.store(s.outbound_bytes_in, Relaxed);
+            self.outbound_bytes_out.store(s.outbound_bytes_out, Relaxed);
+        }
+    }
+
     /// Publishes the drain's state (only once it has begun).
     pub(crate) fn publish_drain(
         &self,
@@ -201,8 +230,15 @@ impl HttpBlock {
         }
     }
 
-    /// Counts one response with status `code` (above 999: as 999) that took `took`.
+    /// Counts one response with status `code` (above 999: as 999) written in the
+    /// loop turn that read its request: it took no time on the turn clock.
     #[inline]
+    pub(crate) fn record_now(&self, code: u16) {
+        bump(&self.codes[(code as usize).min(CODES - 1)], 1);
+        bump(&self.buckets[0], 1);
+    }
+
+    /// Counts one response with status `code` (above 999: as 999) that took `took`.
     pub(crate) fn record(&self, code: u16, took: Duration) {
         bump(&self.codes[(code as usize).min(CODES - 1)], 1);
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
@@ -711,10 +747,17 @@ mod tests {
             accepted: 3,
             closed: 2,
             bytes_in: 100,
+            outbound_connects: 1,
+            outbound_bytes_out: 7,
             ..WorkerStats::default()
         };
         s.closed_by.peer_closed = 1;
         s.closed_by.handler = 1;
+        b.publish(&s);
+        assert_eq!(b.stats(), s);
+        s.closed += 1;
+        s.closed_by.reset += 1;
+        s.handler_panics += 1;
         b.publish(&s);
         assert_eq!(b.stats(), s);
     }

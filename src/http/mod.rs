@@ -515,8 +515,13 @@ impl<S: Service> Http<S> {
                 conn.set_timer(after);
             }
             None => {
-                self.metrics
-                    .record(status, since(state.started, conn.now()));
+                let now = conn.now();
+                if now == state.started {
+                    self.metrics.record_now(status); // written in the turn that read it
+                } else {
+                    let took = now.saturating_duration_since(state.started);
+                    self.metrics.record(status, took);
+                }
                 self.finish(state, conn, close)
             }
         }
@@ -582,20 +587,10 @@ impl<S: Service> Http<S> {
         out.extend_from_slice(b"content-type: text/plain\r\n\r\n");
         out.extend_from_slice(body);
         state.phase = Phase::Idle;
-        self.metrics.record(status.0, since(state.started, now));
+        let took = now.saturating_duration_since(state.started);
+        self.metrics.record(status.0, took);
         conn.close();
         usize::MAX
-    }
-}
-
-/// From `started` to `now` on the turn clock; the common case, a response written in
-/// the turn that read its request, costs one comparison.
-#[inline(always)]
-fn since(started: Instant, now: Instant) -> Duration {
-    if now == started {
-        Duration::ZERO
-    } else {
-        now.saturating_duration_since(started)
     }
 }
 
