@@ -12,10 +12,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use gracering::{Conn, Handler, Metrics, Server};
 use support::http1::{Resp, read_response};
 use support::observe::wait_server_read;
 use support::skip::{Need, skip};
-use support::{ChildServer, connect, spawn_example};
+use support::{ChildServer, connect, round_trip, spawn_example, wait_until};
 
 /// Parses the text on stdin with prometheus_client and prints one line per family
 /// (`F`, name, type) and per sample (`S`, name, labels as k=v joined by commas, value).
@@ -487,4 +488,85 @@ fn kv_on_sqlite_metrics_agree_and_answer_during_the_readiness_delay() {
     }
     drop(c);
     exits_cleanly(server);
+}
+
+struct Echo;
+
+impl Handler for Echo {
+    type State = ();
+    type Message = ();
+    fn on_open(&mut self, _: &mut Conn<'_>) {}
+    fn on_data(&mut self, _: &mut (), conn: &mut Conn<'_>, data: &[u8]) -> usize {
+        conn.write(data);
+        data.len()
+    }
+}
+
+#[test]
+fn the_api_reads_every_workers_counters_while_serving_and_after() {
+    fn shareable<T: Clone + Send + Sync + 'static>(_: &T) {}
+    let server = Server::builder()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .workers(2)
+        .handle_signals(false)
+        .bind()
+        .unwrap();
+    let metrics = server.metrics();
+    shareable(&metrics);
+    let (handle, addr) = (server.shutdown_handle(), server.local_addr());
+    let from_factory = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Metrics>::new()));
+    let kept = from_factory.clone();
+    let run = std::thread::spawn(move || {
+        server.run(move |worker| {
+            kept.lock().unwrap().push(worker.metrics());
+            Echo
+        })
+    });
+    let total =
+        |f: fn(&gracering::WorkerMetrics) -> u64| -> u64 { metrics.snapshot().iter().map(f).sum() };
+    assert_eq!(metrics.snapshot().len(), 2);
+    let mut s = connect(addr);
+    assert_eq!(round_trip(&mut s, b"hello").unwrap(), b"hello");
+    assert!(wait_until(Duration::from_secs(5), || {
+        total(|w| w.stats.bytes_in) == 5 && total(|w| w.stats.bytes_out) == 5
+    }));
+    assert_eq!(total(|w| w.stats.accepted), 1);
+    assert_eq!(total(|w| w.active), 1);
+    assert!(
+        metrics
+            .snapshot()
+            .iter()
+            .all(|w| !w.draining && w.phase == "running")
+    );
+    drop(s);
+    assert!(wait_until(Duration::from_secs(5), || total(|w| w
+        .stats
+        .closed)
+        == 1));
+    assert_eq!(total(|w| w.stats.closed_by.peer_closed), 1);
+    assert_eq!(total(|w| w.active), 0);
+    // The factory's handles read the same figures.
+    let theirs = from_factory.lock().unwrap()[0].snapshot();
+    assert_eq!(theirs.iter().map(|w| w.stats.accepted).sum::<u64>(), 1);
+    handle.shutdown();
+    let report = run.join().unwrap().unwrap();
+    let after = metrics.snapshot();
+    for (w, r) in after.iter().zip(&report.workers) {
+        assert_eq!(w.stats, r.stats, "worker {}", w.worker);
+        assert!(w.draining && w.phase == "done", "{w:?}");
+        assert_eq!(
+            w.drain.finished_after.is_some(),
+            r.drain.finished_after.is_some()
+        );
+        let phases: Vec<&str> = w.phase_durations.iter().map(|(p, _)| *p).collect();
+        assert_eq!(
+            phases,
+            ["not_ready", "stopping_accept", "draining", "teardown"]
+        );
+    }
+    let text = metrics.render();
+    assert!(
+        text.contains("gracering_drain_phase{worker=\"1\",phase=\"done\"} 1\n"),
+        "{text}"
+    );
 }
