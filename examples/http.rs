@@ -9,8 +9,9 @@
 //! Routes: `GET /` answers `Hello, World!`; `GET /healthz` (liveness) is 200 until the
 //! process ends; `GET /readyz` (readiness) is 200 while serving and 503 from the instant
 //! the drain begins (readiness delay included); `GET /slow?ms=N` answers `slow` after N
-//! milliseconds without holding up the worker; anything else is 404. With
-//! `--debug-stall`, `GET /debug/stall?ms=N` blocks the worker that takes it for N
+//! milliseconds without holding up the worker; `GET /metrics` answers every worker's
+//! figures in the Prometheus text format (during the drain too); anything else is 404.
+//! With `--debug-stall`, `GET /debug/stall?ms=N` blocks the worker that takes it for N
 //! milliseconds (a stuck loop, for testing systemd's watchdog: its pings stop).
 //!
 //! SIGTERM or SIGINT drains (a second one, or the grace period, cuts what is left); the
@@ -31,10 +32,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{SERVER_USAGE, ServerArgs};
+use gracering::Metrics;
 use gracering::http::{Http, HttpConfig, Request, Response, Service, Status};
 
 /// The example's routes.
-struct Hello;
+struct Hello {
+    metrics: Metrics,
+}
 
 /// `--debug-stall`: the route that blocks a worker is on.
 static DEBUG_STALL: AtomicBool = AtomicBool::new(false);
@@ -46,6 +50,7 @@ impl Service for Hello {
         match req.path() {
             "/" if get => res.text(Status::OK, "Hello, World!"),
             "/healthz" if get => res.text(Status::OK, "ok"),
+            "/metrics" if get => common::serve_metrics(&self.metrics, res),
             "/readyz" if get && res.is_draining() => {
                 res.text(Status::SERVICE_UNAVAILABLE, "draining")
             }
@@ -143,7 +148,12 @@ fn main() -> ExitCode {
     );
     let _ = std::io::stdout().flush();
     let config = args.http;
-    match server.run(|_| Http::new(config.clone(), Hello)) {
+    match server.run(|worker| {
+        let hello = Hello {
+            metrics: worker.metrics(),
+        };
+        Http::new(config.clone(), hello).with_metrics(worker)
+    }) {
         Ok(report) => common::finish(&report),
         Err(e) => {
             eprintln!("http: {e}");

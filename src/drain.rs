@@ -89,7 +89,11 @@ pub(crate) struct Drain {
     began: Option<Instant>,
     deadline: Option<Instant>,
     forced: bool,
+    /// When the accept began to stop (the readiness delay's end).
+    stopping: Option<Instant>,
     accept_stopped: Option<Instant>,
+    /// When the last connection closed (the teardown began).
+    gone: Option<Instant>,
     finished: Option<Instant>,
 }
 
@@ -100,7 +104,9 @@ impl Drain {
             began: None,
             deadline: None,
             forced: false,
+            stopping: None,
             accept_stopped: None,
+            gone: None,
             finished: None,
         }
     }
@@ -148,6 +154,18 @@ impl Drain {
         (self.began, self.accept_stopped, self.finished)
     }
 
+    /// When each phase of the drain began: the drain itself (readiness fails), stopping
+    /// the accept, draining the connections, the teardown, and the end.
+    pub fn milestones(&self) -> [Option<Instant>; 5] {
+        [
+            self.began,
+            self.stopping,
+            self.accept_stopped,
+            self.gone,
+            self.finished,
+        ]
+    }
+
     /// Advances the state machine.
     pub fn on(&mut self, input: Input) -> Steps {
         let mut steps = Steps::default();
@@ -157,6 +175,7 @@ impl Drain {
                 self.deadline = Some(now + grace);
                 if delay.is_zero() {
                     self.phase = Phase::StoppingAccept;
+                    self.stopping = Some(now);
                     steps.stop_accepting = true;
                 } else {
                     self.phase = Phase::NotReady { until: now + delay };
@@ -165,6 +184,7 @@ impl Drain {
             (Phase::Running | Phase::NotReady { .. }, Input::Force { now }) => {
                 self.began.get_or_insert(now);
                 self.phase = Phase::StoppingAccept;
+                self.stopping = Some(now);
                 self.forced = true;
                 steps.stop_accepting = true;
                 steps.abort_connections = true;
@@ -175,6 +195,7 @@ impl Drain {
                 }
                 if now >= until {
                     self.phase = Phase::StoppingAccept;
+                    self.stopping = Some(now);
                     steps.stop_accepting = true;
                 }
             }
@@ -194,7 +215,8 @@ impl Drain {
                 steps.notify_connections = true;
                 steps.abort_connections = self.forced;
             }
-            (Phase::Draining, Input::ConnectionsGone { .. }) => {
+            (Phase::Draining, Input::ConnectionsGone { now }) => {
+                self.gone = Some(now);
                 self.phase = Phase::Teardown;
                 steps.teardown = true;
             }

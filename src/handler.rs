@@ -194,6 +194,23 @@ impl<M> Worker<M> {
         self.local.clone()
     }
 
+    /// The server's live [`Metrics`](crate::Metrics) (every worker's), to serve them
+    /// from a handler (`/metrics`, say) or read them from a thread of its own.
+    pub fn metrics(&self) -> crate::Metrics {
+        crate::Metrics {
+            shared: self.mailbox.shared().clone(),
+        }
+    }
+
+    /// This worker's HTTP block of the metrics.
+    pub(crate) fn http_block(&self) -> std::sync::Arc<crate::metrics::HttpBlock> {
+        let shared = self.mailbox.shared();
+        shared.slots.get(self.index).map_or_else(
+            || std::sync::Arc::new(crate::metrics::HttpBlock::new()),
+            |slot| slot.http.clone(),
+        )
+    }
+
     /// Registers a resource's teardown. Teardowns (and links, see
     /// [`Local::connect`](crate::Local::connect)) are closed in reverse order of
     /// registration, after the worker's last accepted connection closed.

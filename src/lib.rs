@@ -96,6 +96,7 @@
 //! the worker-level failures), `gracering::drain` (the drain's phases and its summary),
 //! `gracering::worker` (accept back-offs, handler panics), `gracering::sys` and below
 //! (the backends' errors). The drain report ([`Report`]) is returned either way.
+//! - `metrics`: the live per-worker counters ([`Metrics`]) and their Prometheus text.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -113,6 +114,7 @@ mod handler;
 pub mod http;
 mod listener;
 mod mailbox;
+mod metrics;
 mod notify;
 mod outbound;
 mod server;
@@ -131,9 +133,10 @@ pub use config::Builder;
 pub use config::Fault;
 pub use handler::{CloseReason, Conn, ConnId, Handler, Worker};
 pub use mailbox::{ConnAddr, Mailbox, PostError};
+pub use metrics::{CONTENT_TYPE, DURATION_BUCKETS, HttpMetrics, Metrics, WorkerMetrics};
 pub use outbound::{ConnectOptions, Link, LinkError, LinkId, LinkStatus, Local, Outbound};
 pub use server::Server;
 pub use shared::{ShutdownHandle, Trigger};
-pub use stats::{Report, WorkerDrain, WorkerReport, WorkerStats};
+pub use stats::{ClosedBy, Report, WorkerDrain, WorkerReport, WorkerStats};
 pub use sys::Backend;
 pub use sys::signal::block_shutdown_signals;

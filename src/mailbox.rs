@@ -197,6 +197,11 @@ impl<M> Mailbox<M> {
         self.send(Envelope { to: Some(to), msg })
     }
 
+    /// The server's shared state (the metrics reach it through the worker).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.door.shared
+    }
+
     /// The index of the worker this mailbox reaches.
     pub fn worker(&self) -> usize {
         self.door.worker
@@ -392,6 +397,9 @@ pub(crate) fn channel<M>(
     let (tx, rx) = crossbeam_channel::unbounded();
     let awake = Arc::new(AtomicBool::new(true));
     let queued = Arc::new(AtomicUsize::new(0));
+    if let Some(slot) = shared.slots.get(worker) {
+        let _ = slot.mailbox.set(queued.clone()); // its depth, for the metrics
+    }
     let closed = Arc::new(AtomicBool::new(false));
     let door = Door {
         tx,

@@ -174,6 +174,14 @@ impl Server {
         }
     }
 
+    /// The server's live [`Metrics`](crate::Metrics): every worker's counters, readable
+    /// from any thread while it runs (and after).
+    pub fn metrics(&self) -> crate::Metrics {
+        crate::Metrics {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Runs the workers and blocks until they have drained and stopped; returns the
     /// drain report.
     ///

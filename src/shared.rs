@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use crate::metrics::Slot;
 use crate::notify::Notify;
 use crate::sys::eventfd::EventFd;
 
@@ -111,6 +112,8 @@ pub(crate) struct Shared {
     pub wakers: Box<[Waker]>,
     /// systemd's notifications, when `NOTIFY_SOCKET` asks for them.
     pub notify: Option<Notify>,
+    /// Each worker's live metrics (its own cache lines; only that worker writes them).
+    pub slots: Box<[Slot]>,
 }
 
 impl Shared {
@@ -124,6 +127,7 @@ impl Shared {
                 .map(|_| Waker::new())
                 .collect::<io::Result<_>>()?,
             notify,
+            slots: (0..workers).map(|_| Slot::new()).collect(),
         }))
     }
 
@@ -137,6 +141,7 @@ impl Shared {
             started: AtomicUsize::new(0),
             wakers: Box::new([]),
             notify: None,
+            slots: Box::new([Slot::new()]),
         })
     }
 
@@ -191,6 +196,12 @@ impl Shared {
     /// Whether every worker's loop has started.
     pub fn all_started(&self) -> bool {
         self.started.load(Ordering::Acquire) >= self.wakers.len()
+    }
+
+    /// Worker `index`'s metrics.
+    #[inline]
+    pub fn slot(&self, index: usize) -> &Slot {
+        &self.slots[index]
     }
 
     /// Wakes every worker through its eventfd (for callers without a ring).

@@ -58,6 +58,69 @@ pub struct WorkerStats {
     pub outbound_bytes_in: u64,
     /// Bytes sent on outbound connections.
     pub outbound_bytes_out: u64,
+    /// Accepted connections closed, by why (they add up to `closed`).
+    pub closed_by: ClosedBy,
+}
+
+/// Accepted connections closed, by [`CloseReason`](crate::CloseReason).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClosedBy {
+    /// The peer closed its side (FIN) and all output was sent.
+    pub peer_closed: u64,
+    /// The peer reset the connection.
+    pub reset: u64,
+    /// The socket failed with an OS error (timeouts and unreachable peers included).
+    pub error: u64,
+    /// The handler asked to close.
+    pub handler: u64,
+    /// The unconsumed input passed the limit.
+    pub input_limit: u64,
+    /// The drain closed it (cut ones included: see the drain's `aborted`).
+    pub shutdown: u64,
+    /// A handler callback panicked.
+    pub handler_panic: u64,
+}
+
+impl ClosedBy {
+    /// Counts one connection closed for `reason`.
+    #[inline]
+    pub(crate) fn count(&mut self, reason: crate::CloseReason) {
+        use crate::CloseReason as R;
+        let n = match reason {
+            R::PeerClosed => &mut self.peer_closed,
+            R::Reset => &mut self.reset,
+            R::Handler => &mut self.handler,
+            R::InputLimit => &mut self.input_limit,
+            R::Shutdown => &mut self.shutdown,
+            R::HandlerPanic => &mut self.handler_panic,
+            R::Error(_) | R::Refused | R::Unreachable | R::TimedOut => &mut self.error,
+        };
+        *n += 1;
+    }
+
+    /// Each reason's label (as the metrics name it) and count.
+    pub fn by_label(&self) -> [(&'static str, u64); 7] {
+        [
+            ("peer_closed", self.peer_closed),
+            ("reset", self.reset),
+            ("error", self.error),
+            ("handler", self.handler),
+            ("input_limit", self.input_limit),
+            ("shutdown", self.shutdown),
+            ("handler_panic", self.handler_panic),
+        ]
+    }
+
+    fn add(&mut self, other: &ClosedBy) {
+        self.peer_closed += other.peer_closed;
+        self.reset += other.reset;
+        self.error += other.error;
+        self.handler += other.handler;
+        self.input_limit += other.input_limit;
+        self.shutdown += other.shutdown;
+        self.handler_panic += other.handler_panic;
+    }
 }
 
 impl WorkerStats {
@@ -85,6 +148,7 @@ impl WorkerStats {
         self.outbound_cut += other.outbound_cut;
         self.outbound_bytes_in += other.outbound_bytes_in;
         self.outbound_bytes_out += other.outbound_bytes_out;
+        self.closed_by.add(&other.closed_by);
     }
 }
 

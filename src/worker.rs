@@ -129,6 +129,7 @@ impl<H: Handler, D: Driver> Runner<H, D> {
         }
         driver.publish();
         self.after_turn(now);
+        self.engine.publish(); // the turn's counters, for the metrics' readers
         // Workers this turn's handlers posted to (teardowns included): one wake-up each,
         // through the ring; posts after this point wake their targets directly.
         mailbox::end_batch(&mut self.wakes);
@@ -270,6 +271,7 @@ impl<H: Handler, D: Driver> Runner<H, D> {
 
     /// The worker's counters and drain figures.
     pub fn report(&self) -> WorkerReport {
+        self.engine.publish(); // the last figures, as the report has them
         WorkerReport {
             stats: self.engine.stats().clone(),
             drain: self.engine.drain_report(),

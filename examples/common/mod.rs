@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use gracering::{Builder, Report};
+use gracering::http::{Response, Status};
+use gracering::{Builder, Metrics, Report};
 
 /// Exit code when the drain had to cut connections (grace deadline or second signal).
 pub const EXIT_ABORTED: u8 = 3;
@@ -117,4 +118,15 @@ pub fn finish(report: &Report) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Answers `GET /metrics`: every worker's figures in the Prometheus text exposition
+/// format (also during the drain, with `Connection: close` then).
+pub fn serve_metrics(metrics: &Metrics, res: &mut Response<'_>) {
+    let text = metrics.render();
+    res.send(
+        Status::OK,
+        &[("content-type", gracering::CONTENT_TYPE.as_bytes())],
+        text.as_bytes(),
+    );
 }

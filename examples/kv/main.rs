@@ -31,7 +31,8 @@
 //! `DELETE /kv/{key}` removes it (200, or 404 when absent); `/healthz` is 200 until
 //! the process ends, `/readyz` 200 while serving and 503 from the drain's first
 //! instant (on Redis also 503 `redis unavailable` while the worker that answers has no
-//! Redis connection up). The key is the path segment's bytes as sent (no percent-decoding), 1 to
+//! Redis connection up); `GET /metrics` answers every worker's figures in the
+//! Prometheus text format (during the drain too). The key is the path segment's bytes as sent (no percent-decoding), 1 to
 //! 256 bytes; longer, empty or holding `/`: 400 with the reason. A target that is not
 //! UTF-8 is refused by the HTTP layer (400), a body over `--max-body` too (413). Other
 //! methods: 405 with `Allow`. Each kind of trouble below is logged once.
@@ -181,6 +182,7 @@ enum Store {
 /// One worker's service: routes requests, hands key operations to the store.
 struct Kv {
     store: Store,
+    metrics: gracering::Metrics,
 }
 
 impl Service for Kv {
@@ -193,12 +195,13 @@ impl Service for Kv {
         }
         let get = matches!(req.method(), "GET" | "HEAD");
         match path {
-            "/healthz" | "/readyz" if !get => res.send(
+            "/healthz" | "/readyz" | "/metrics" if !get => res.send(
                 Status::METHOD_NOT_ALLOWED,
                 &[("allow", b"GET, HEAD"), ("content-type", b"text/plain")],
                 b"use GET",
             ),
             "/healthz" => res.text(Status::OK, "ok"),
+            "/metrics" => common::serve_metrics(&self.metrics, res),
             "/readyz" if res.is_draining() => res.text(Status::SERVICE_UNAVAILABLE, "draining"),
             "/readyz" => match &self.store {
                 Store::Redis(redis) if !redis.any_up() => {
@@ -298,7 +301,8 @@ fn make(worker: &mut Worker<Answer>, args: &Args) -> Http<Kv> {
         StoreConfig::Sqlite => Store::Sqlite(Sqlite::start(worker, &args.db, args.db_timeout)),
         StoreConfig::Redis(addr) => Store::Redis(Redis::start(worker, addr, &args.redis)),
     };
-    Http::new(args.http.clone(), Kv { store })
+    let metrics = worker.metrics();
+    Http::new(args.http.clone(), Kv { store, metrics }).with_metrics(worker)
 }
 
 // ---------------------------------------------------------------------------------

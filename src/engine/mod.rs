@@ -209,6 +209,21 @@ impl<H: Handler> Engine<H> {
         &self.stats
     }
 
+    /// Publishes the counters (and, once it began, the drain's state) to the worker's
+    /// metrics block: one batch of relaxed stores, once per loop turn.
+    #[inline]
+    pub fn publish(&self) {
+        let block = &self.shared.slot(self.worker.index).engine;
+        block.publish(&self.stats);
+        if self.drain.draining() {
+            block.publish_drain(
+                self.drain.phase(),
+                &self.drain_counts,
+                self.drain.milestones(),
+            );
+        }
+    }
+
     /// How many accepted connections are open (or closing) on this worker.
     #[cfg(any(test, feature = "sim"))]
     pub fn live(&self) -> usize {
@@ -619,6 +634,7 @@ impl<H: Handler> Engine<H> {
         }
         self.inbound -= 1;
         self.stats.closed += 1;
+        self.stats.closed_by.count(reason);
         self.shared.closed();
         self.count_drained(&c);
         self.pool.put(c.out);

@@ -349,6 +349,7 @@ impl<H: Handler> Engine<H> {
             }
             self.inbound -= 1;
             self.stats.closed += 1;
+            self.stats.closed_by.error += 1; // EIO: its backend is gone
             self.drain_counts.aborted += 1;
             self.shared.closed();
             if let Some(state) = c.state {

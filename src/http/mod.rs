@@ -50,10 +50,12 @@ mod request;
 mod response;
 
 use std::mem::{self, MaybeUninit};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::handler::{Conn, Handler};
+use crate::handler::{Conn, Handler, Worker};
 use crate::mailbox::ConnAddr;
+use crate::metrics::HttpBlock;
 use chunked::Chunked;
 use parse::{Framing, HeadInfo, MAX_HEADERS, check_head, parse_error};
 use response::{DateCache, write_head};
@@ -163,6 +165,9 @@ pub struct Http<S> {
     service: S,
     config: HttpConfig,
     date: DateCache,
+    /// Where responses are counted: the worker's block of the server's metrics
+    /// ([`with_metrics`](Http::with_metrics)), else one of its own that nobody reads.
+    metrics: Arc<HttpBlock>,
 }
 
 impl<S: Service> Http<S> {
@@ -172,7 +177,29 @@ impl<S: Service> Http<S> {
             service,
             config,
             date: DateCache::new(),
+            metrics: Arc::new(HttpBlock::new()),
         }
+    }
+
+    /// Counts this handler's responses in the server's [`Metrics`](crate::Metrics),
+    /// as `worker`'s (by status code, and in the request duration histogram): call it
+    /// in the factory, with the factory's `Worker`, for one `Http` per worker.
+    ///
+    /// ```no_run
+    /// # use gracering::http::{Http, HttpConfig, Request, Response, Service, Status};
+    /// # struct Hello;
+    /// # impl Service for Hello {
+    /// #     type Message = ();
+    /// #     fn call(&mut self, _: &Request<'_>, res: &mut Response<'_>) { res.text(Status::OK, "hi") }
+    /// # }
+    /// # fn main() -> std::io::Result<()> {
+    /// let server = gracering::Server::builder().bind()?;
+    /// server.run(|worker| Http::new(HttpConfig::default(), Hello).with_metrics(worker))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_metrics<M>(mut self, worker: &Worker<M>) -> Http<S> {
+        self.metrics = worker.http_block();
+        self
     }
 }
 
@@ -233,6 +260,8 @@ pub struct HttpConn {
     close_after: bool,
     /// Requests begun on this connection: the tag of a waiting request's address.
     requests: u64,
+    /// The turn clock when the current request's first byte was read.
+    started: Instant,
 }
 
 impl<S: Service> Handler for Http<S> {
@@ -246,6 +275,7 @@ impl<S: Service> Handler for Http<S> {
             last_active: conn.now(),
             close_after: false,
             requests: 0,
+            started: conn.now(),
         }
     }
 
@@ -253,7 +283,8 @@ impl<S: Service> Handler for Http<S> {
         match state.phase {
             Phase::Body(_) => return self.continue_body(state, conn, data),
             Phase::Waiting(_) => return 0, // pipelined requests wait for the deferred one
-            Phase::Idle | Phase::Head => {}
+            Phase::Idle => state.started = conn.now(),
+            Phase::Head => {}
         }
         // Uninitialised header slots: nothing is zeroed per request.
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -449,6 +480,7 @@ impl<S: Service> Http<S> {
             head_only: request.method == "HEAD",
             draining,
             sent: false,
+            status: 0,
             deferred: None,
             waiting: None,
             addr,
@@ -462,17 +494,19 @@ impl<S: Service> Http<S> {
             last_received,
         };
         let wait = waits(&mut res);
-        self.settle(state, conn, wait, d, close);
+        let status = res.status;
+        self.settle(state, conn, wait, d, (close, status));
     }
 
-    /// After the service wrote (or deferred) a response: wait for its wake-up, or finish.
+    /// After the service wrote (or deferred) a response: wait for its wake-up, or
+    /// count the response (its status) and finish.
     fn settle(
         &mut self,
         state: &mut HttpConn,
         conn: &mut Conn<'_>,
         wait: Option<(Wake, Duration)>,
         d: Deferred,
-        close: bool,
+        (close, status): (bool, u16),
     ) {
         match wait {
             Some((wake, after)) => {
@@ -480,7 +514,16 @@ impl<S: Service> Http<S> {
                 state.last_active = conn.now();
                 conn.set_timer(after);
             }
-            None => self.finish(state, conn, close),
+            None => {
+                let now = conn.now();
+                if now == state.started {
+                    self.metrics.record_now(status); // written in the turn that read it
+                } else {
+                    let took = now.saturating_duration_since(state.started);
+                    self.metrics.record(status, took);
+                }
+                self.finish(state, conn, close)
+            }
         }
     }
 
@@ -522,13 +565,15 @@ impl<S: Service> Http<S> {
             head_only: d.head_only,
             draining,
             sent: false,
+            status: 0,
             deferred: None,
             waiting: None,
             addr,
         };
         write(&mut self.service, &mut res);
         let wait = waits(&mut res);
-        self.settle(state, conn, wait, d, close);
+        let status = res.status;
+        self.settle(state, conn, wait, d, (close, status));
     }
 
     /// Answers with an error status and closes the connection. Returns `usize::MAX`:
@@ -542,6 +587,8 @@ impl<S: Service> Http<S> {
         out.extend_from_slice(b"content-type: text/plain\r\n\r\n");
         out.extend_from_slice(body);
         state.phase = Phase::Idle;
+        let took = now.saturating_duration_since(state.started);
+        self.metrics.record(status.0, took);
         conn.close();
         usize::MAX
     }

@@ -163,6 +163,8 @@ pub struct Response<'a> {
     pub(crate) head_only: bool,
     pub(crate) draining: bool,
     pub(crate) sent: bool,
+    /// The status sent (0 until then), for the metrics.
+    pub(crate) status: u16,
     pub(crate) deferred: Option<(Duration, u64)>,
     /// Set by [`wait`](Response::wait): the answer comes as a message, by this deadline.
     pub(crate) waiting: Option<Duration>,
@@ -184,6 +186,7 @@ impl Response<'_> {
             return;
         }
         self.sent = true;
+        self.status = status.0;
         write_head(
             self.out,
             status,
@@ -352,6 +355,7 @@ mod tests {
             head_only: false,
             draining: false,
             sent: false,
+            status: 0,
             deferred: None,
             waiting: None,
             addr: ConnAddr {

@@ -29,6 +29,9 @@ pub enum Need {
     Seccomp,
     /// Root, for network namespaces and the like.
     Root,
+    /// `python3` with the `prometheus_client` package (`.ci/run` installs it), whose
+    /// parser reads the metrics.
+    PrometheusClient,
 }
 
 impl Need {
@@ -39,6 +42,7 @@ impl Need {
             Need::IoUring => "io_uring",
             Need::Seccomp => "seccomp filters",
             Need::Root => "root",
+            Need::PrometheusClient => "python3 with prometheus_client",
         }
     }
 }
