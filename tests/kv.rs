@@ -7,8 +7,8 @@
 //! backend (`GRACERING_BACKEND`), which the example's Auto backend reads.
 
 use std::collections::HashMap;
-use std::io::{BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 mod support;
-use support::http1::{Resp, read_response_to};
+use support::http1::Client;
 use support::observe::wait_server_read;
 use support::serial::serial;
 use support::{ChildServer, Rng, connect, spawn_example};
@@ -64,41 +64,6 @@ fn exited(mut server: ChildServer) -> Vec<String> {
     let lines = server.stderr_lines();
     assert_eq!(code, Some(0), "stderr: {lines:?}");
     lines
-}
-
-/// One keep-alive connection.
-struct Client {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn new(addr: SocketAddr) -> Client {
-        let w = connect(addr);
-        let r = BufReader::new(w.try_clone().unwrap());
-        Client { w, r }
-    }
-
-    fn send(&mut self, method: &str, path: &str, body: &[u8]) {
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(body);
-        self.w.write_all(&req).unwrap();
-    }
-
-    /// Reads one response (Content-Length framed; none for HEAD).
-    fn read(&mut self, head_only: bool) -> std::io::Result<Resp> {
-        read_response_to(&mut self.r, head_only)
-    }
-
-    fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Resp {
-        self.send(method, path, body);
-        self.read(method == "HEAD")
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    }
 }
 
 /// Every row of the database file, read by a connection of the test's own.

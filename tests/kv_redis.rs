@@ -13,7 +13,7 @@
 //! backend the example reports is the one asked for.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufReader, ErrorKind, Write};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -22,10 +22,10 @@ use testkit::procstat;
 use testkit::redis::{MonitorLine, RedisClient, RedisServer};
 
 mod support;
-use support::http1::{Resp, read_response_to};
+use support::http1::Client;
 use support::observe::wait_server_read_all;
 use support::serial::serial;
-use support::{ChildServer, Rng, connect, spawn_example, wait_until};
+use support::{ChildServer, Rng, spawn_example, wait_until};
 
 /// A Redis server of this test's own; a missing `redis-server` fails the test loudly.
 fn redis() -> RedisServer {
@@ -109,44 +109,6 @@ fn redis_counts(lines: &[String], workers: usize) -> HashMap<String, u64> {
     }
     assert_eq!(seen, workers, "one summary line per worker: {lines:?}");
     sum
-}
-
-/// One keep-alive connection.
-struct Client {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn new(addr: SocketAddr) -> Client {
-        let w = connect(addr);
-        let r = BufReader::new(w.try_clone().unwrap());
-        Client { w, r }
-    }
-
-    fn send(&mut self, method: &str, path: &str, body: &[u8]) {
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(body);
-        self.w.write_all(&req).unwrap();
-    }
-
-    fn read(&mut self, head_only: bool) -> std::io::Result<Resp> {
-        read_response_to(&mut self.r, head_only)
-    }
-
-    fn try_call(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<Resp> {
-        self.send(method, path, body);
-        self.read(method == "HEAD")
-    }
-
-    fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Resp {
-        self.try_call(method, path, body)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
-    }
 }
 
 /// Whether a response (any byte) waits on `s`, without reading it.

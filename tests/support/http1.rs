@@ -59,3 +59,44 @@ pub fn read_response_to(r: &mut BufReader<TcpStream>, head_only: bool) -> std::i
 pub fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Resp> {
     read_response_to(r, false)
 }
+
+/// One keep-alive connection that sends requests with a Content-Length body and reads
+/// the responses with [`read_response_to`].
+pub struct Client {
+    pub w: TcpStream,
+    pub r: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn new(addr: std::net::SocketAddr) -> Client {
+        let w = super::connect(addr);
+        let r = BufReader::new(w.try_clone().unwrap());
+        Client { w, r }
+    }
+
+    pub fn send(&mut self, method: &str, path: &str, body: &[u8]) {
+        use std::io::Write;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        self.w.write_all(&req).unwrap();
+    }
+
+    /// Reads one response (Content-Length framed; none for HEAD).
+    pub fn read(&mut self, head_only: bool) -> std::io::Result<Resp> {
+        read_response_to(&mut self.r, head_only)
+    }
+
+    pub fn try_call(&mut self, method: &str, path: &str, body: &[u8]) -> std::io::Result<Resp> {
+        self.send(method, path, body);
+        self.read(method == "HEAD")
+    }
+
+    pub fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Resp {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+}
