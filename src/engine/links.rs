@@ -30,6 +30,27 @@ use crate::outbound::{Connect, ConnectOptions, Link, LinkId, LinkStatus, Local, 
 /// make more requests); what is left waits for the next turn, which then does not sleep.
 const LOCAL_ROUNDS: usize = 4;
 
+/// After a link callback (`$outcome`, its result): a panic closes the link's socket
+/// (the link then reconnects as after any failure), the timer it set is filed, its
+/// output queued and a close it asked for honoured. A macro, so that the engine's
+/// fields are borrowed apart from the socket and the link the callback had.
+macro_rules! settle {
+    ($engine:ident, $c:ident, $outcome:expr, $q:ident, $reason:expr) => {{
+        if let Err(note) = $outcome {
+            contain(
+                $c,
+                *note,
+                &mut $engine.stats,
+                &mut $engine.notes,
+                $q,
+                &mut $engine.linger,
+            );
+        }
+        $c.file_timer(&mut $engine.timers);
+        after_handler($c, $reason, &mut $engine.flush, $q, &mut $engine.linger);
+    }};
+}
+
 /// One outbound link as the engine keeps it.
 pub(super) struct LinkSlot<M> {
     pub id: LinkId,
@@ -235,24 +256,7 @@ impl<H: Handler> Engine<H> {
         let opened = guarded(Callback::Open, || {
             client.on_connect(&mut link_view(conn, id, local))
         });
-        if let Err(note) = opened {
-            contain(
-                c,
-                *note,
-                &mut self.stats,
-                &mut self.notes,
-                q,
-                &mut self.linger,
-            );
-        }
-        c.file_timer(&mut self.timers);
-        after_handler(
-            c,
-            CloseReason::Handler,
-            &mut self.flush,
-            q,
-            &mut self.linger,
-        );
+        settle!(self, c, opened, q, CloseReason::Handler);
     }
 
     /// Bytes arrived on a link's socket.
@@ -280,27 +284,11 @@ impl<H: Handler> Engine<H> {
                 })
             },
         );
-        if let Err(note) = fed {
-            contain(
-                c,
-                *note,
-                &mut self.stats,
-                &mut self.notes,
-                q,
-                &mut self.linger,
-            );
-        } else if c.pending.len() > self.limits.max_pending_input {
+        if fed.is_ok() && c.pending.len() > self.limits.max_pending_input {
             self.stats.input_limit_closes += 1;
             c.begin_close(CloseReason::InputLimit, false, q, &mut self.linger);
         }
-        c.file_timer(&mut self.timers);
-        after_handler(
-            c,
-            CloseReason::Handler,
-            &mut self.flush,
-            q,
-            &mut self.linger,
-        );
+        settle!(self, c, fed, q, CloseReason::Handler);
     }
 
     /// A link socket's timer came due: its connect timed out, or its client's timer.
@@ -320,24 +308,7 @@ impl<H: Handler> Engine<H> {
         let fired = guarded(Callback::Timer, || {
             client.on_timer(&mut link_view(conn, id, local))
         });
-        if let Err(note) = fired {
-            contain(
-                c,
-                *note,
-                &mut self.stats,
-                &mut self.notes,
-                q,
-                &mut self.linger,
-            );
-        }
-        c.file_timer(&mut self.timers);
-        after_handler(
-            c,
-            CloseReason::Handler,
-            &mut self.flush,
-            q,
-            &mut self.linger,
-        );
+        settle!(self, c, fired, q, CloseReason::Handler);
     }
 
     /// A link's socket is closed (its slot is already out of the slab).
@@ -464,21 +435,11 @@ impl<H: Handler> Engine<H> {
             let said = guarded(Callback::Drain, || {
                 client.on_drain(&mut link_view(conn, id, local))
             });
-            if let Err(note) = said {
-                contain(
-                    c,
-                    *note,
-                    &mut self.stats,
-                    &mut self.notes,
-                    q,
-                    &mut self.linger,
-                );
-            }
-            c.file_timer(&mut self.timers);
+            settle!(self, c, said, q, reason);
         } else {
             c.close_requested = crate::handler::CloseRequest::AfterFlush;
+            after_handler(c, reason, &mut self.flush, q, &mut self.linger);
         }
-        after_handler(c, reason, &mut self.flush, q, &mut self.linger);
     }
 
     /// Closes every link socket at once (the drain was forced in the teardown).
