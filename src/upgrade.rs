@@ -22,7 +22,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -101,6 +101,8 @@ impl Offer {
             io::Error::new(e.kind(), format!("upgrade socket {}: {e}", path.display()))
         })?;
         listener.set_nonblocking(true)?;
+        // Only this user may ask for the sockets (the hand-over checks the peer too).
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let inode = std::fs::metadata(path)?.ino();
         Ok(Offer {
             listener,
@@ -146,6 +148,17 @@ impl Offer {
 
     /// Offers the sockets on `stream`; true once the successor said it serves.
     fn hand_over(&self, stream: UnixStream) -> bool {
+        match handoff::peer_is_same_user(&stream) {
+            Ok(true) => {}
+            Ok(false) => {
+                log::warn!("upgrade: a process of another user asked for the listeners; refused");
+                return false;
+            }
+            Err(e) => {
+                log::warn!("upgrade: cannot tell who asks for the listeners ({e}); refused");
+                return false;
+            }
+        }
         let fds: Vec<_> = self.sockets.iter().map(|s| s.as_raw_fd()).collect();
         let sent = stream
             .set_nonblocking(false)

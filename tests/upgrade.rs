@@ -281,3 +281,42 @@ fn a_new_process_that_cannot_start_leaves_the_old_one_serving() {
     assert_eq!(new.wait_exit(Duration::from_secs(10)).0, Some(0));
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
+
+/// Only this user can ask for the listening sockets: the offer's socket file is 0600
+/// (and the hand-over checks the peer's user too).
+#[test]
+fn another_user_cannot_take_the_sockets() {
+    // SAFETY: geteuid takes nothing and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        support::skip::skip(
+            "another_user_cannot_take_the_sockets",
+            support::skip::Need::Root,
+            "a child of another user is needed",
+        );
+        return;
+    }
+    let path = socket_path("others");
+    let mut old = start(&path, false);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the upgrade socket's mode: {mode:o}");
+    let script = format!(
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?})",
+        path.to_str().unwrap()
+    );
+    let out = std::os::unix::process::CommandExt::uid(
+        Command::new("python3").args(["-c", &script]),
+        65534,
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "nobody connected to the upgrade socket"
+    );
+    assert!(stderr.contains("PermissionError"), "{stderr}");
+    old.signal(libc::SIGTERM);
+    assert_eq!(old.wait_exit(Duration::from_secs(10)).0, Some(0));
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}

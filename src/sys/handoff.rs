@@ -131,3 +131,24 @@ pub(crate) fn into_listeners(fds: Vec<OwnedFd>) -> io::Result<Vec<socket2::Socke
         })
         .collect()
 }
+
+/// Whether the process at the other end of `stream` runs as this process's user
+/// (SO_PEERCRED): only such a process is handed the listening sockets.
+pub(crate) fn peer_is_same_user(stream: &UnixStream) -> io::Result<bool> {
+    // SAFETY: a zeroed ucred is a valid value for getsockopt to overwrite.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes (one ucred) into `cred`, a live local.
+    unsafe {
+        syscall!(getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len
+        ))
+    }?;
+    // SAFETY: geteuid takes nothing and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    Ok(cred.uid == me)
+}
