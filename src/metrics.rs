@@ -85,6 +85,8 @@ macro_rules! engine_block {
             drained: AtomicU64,
             closed_idle: AtomicU64,
             aborted: AtomicU64,
+            /// 1 once the drain was forced (deadline or second signal).
+            forced: AtomicU64,
             /// When each drain phase began, in nanoseconds after the drain began, plus
             /// one (0: not yet).
             milestones: [AtomicU64; 5],
@@ -198,6 +200,7 @@ impl EngineBlock {
         self.drained.store(counts.drained, Relaxed);
         self.closed_idle.store(counts.closed_idle, Relaxed);
         self.aborted.store(counts.aborted, Relaxed);
+        self.forced.store(u64::from(counts.forced), Relaxed);
         let Some(began) = milestones[0] else {
             return;
         };
@@ -429,6 +432,7 @@ fn read_slot(worker: usize, slot: &Slot, began: Option<Instant>, now: Instant) -
             drained: e.drained.load(Relaxed),
             closed_idle: e.closed_idle.load(Relaxed),
             aborted: e.aborted.load(Relaxed),
+            forced: e.forced.load(Relaxed) != 0,
         },
         phase_durations,
         http: slot.http.snapshot(),

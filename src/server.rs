@@ -305,7 +305,8 @@ impl Server {
             trigger: began.map(|b| b.trigger),
             began_at,
             drain_duration,
-            forced: shared.forced(),
+            // Forced by a second signal (shared), or by a worker's grace deadline.
+            forced: shared.forced() || workers.iter().any(|w| w.drain.forced),
             workers,
         };
         // The summary: a warning when the drain was not clean, so `warn` still shows it.

@@ -205,6 +205,9 @@ pub struct WorkerDrain {
     pub closed_idle: u64,
     /// Connections cut at the grace deadline or by a second signal.
     pub aborted: u64,
+    /// This worker's drain was forced: its grace deadline passed with work left, or a
+    /// second signal (or the handle's `force`) came.
+    pub forced: bool,
 }
 
 /// One worker's part of the [`Report`].

@@ -534,3 +534,32 @@ fn a_request_longer_than_the_grace_period_is_cut_at_the_deadline() {
         "no response: the request was cut"
     );
 }
+
+/// A drain cut by the grace deadline says so: `forced: true` in the report (before,
+/// only a second signal set it), and exit code 3.
+#[test]
+fn a_drain_cut_by_the_grace_deadline_is_reported_forced() {
+    let mut server = spawn_example(
+        "http",
+        &[
+            "--workers",
+            "1",
+            "--drain-delay",
+            "0ms",
+            "--grace-period",
+            "300ms",
+        ],
+        |_| {},
+    );
+    let mut slow = TcpStream::connect(server.addr).unwrap();
+    slow.write_all(b"GET /slow?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert!(wait_server_read(&slow, Duration::from_secs(5)));
+    server.signal(libc::SIGTERM);
+    let (code, took) = server.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(3), "{:?}", server.stderr_lines());
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let report = server.drain_report();
+    assert!(report.contains("\"forced\":true"), "{report}");
+    assert!(report.contains("\"aborted\":1"), "{report}");
+}

@@ -218,7 +218,7 @@ impl<H: Handler> Engine<H> {
         if self.drain.draining() {
             block.publish_drain(
                 self.drain.phase(),
-                &self.drain_counts,
+                &self.drain_report(),
                 self.drain.milestones(),
             );
         }

@@ -28,6 +28,7 @@ impl<H: Handler> Engine<H> {
         WorkerDrain {
             accept_stopped_after: since(accept_stopped),
             finished_after: since(finished),
+            forced: self.drain.forced(),
             ..self.drain_counts.clone()
         }
     }
