@@ -172,13 +172,15 @@ impl Drain {
         match (self.phase, input) {
             (Phase::Running, Input::Begin { now, delay, grace }) => {
                 self.began = Some(now);
-                self.deadline = Some(now + grace);
+                self.deadline = Some(crate::clock::after(now, grace));
                 if delay.is_zero() {
                     self.phase = Phase::StoppingAccept;
                     self.stopping = Some(now);
                     steps.stop_accepting = true;
                 } else {
-                    self.phase = Phase::NotReady { until: now + delay };
+                    self.phase = Phase::NotReady {
+                        until: crate::clock::after(now, delay),
+                    };
                 }
             }
             (Phase::Running | Phase::NotReady { .. }, Input::Force { now }) => {

@@ -351,7 +351,7 @@ impl Conn<'_> {
     /// [`Handler::on_timer`] is called then (at most a few milliseconds late, never
     /// early). Cheap enough to reset on every request.
     pub fn set_timer(&mut self, after: Duration) {
-        *self.timer = Some(self.now + after);
+        *self.timer = Some(crate::clock::after(self.now, after));
     }
 
     /// Cancels the connection's timer.

@@ -106,6 +106,7 @@
 #[doc(hidden)]
 pub mod bench;
 mod buf;
+mod clock;
 mod config;
 mod contract;
 mod drain;

@@ -563,3 +563,21 @@ fn a_drain_cut_by_the_grace_deadline_is_reported_forced() {
     assert!(report.contains("\"forced\":true"), "{report}");
     assert!(report.contains("\"aborted\":1"), "{report}");
 }
+
+/// A duration flag too large for a `Duration` is a usage error (exit 2 with the
+/// reason), not a panic (exit 101).
+#[test]
+fn a_huge_duration_flag_is_refused_with_a_reason() {
+    let out = Command::new(example_path("http"))
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--grace-period",
+            "100000000000000000000s",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("longer than a year"), "{stderr}");
+}

@@ -111,3 +111,39 @@ fn timers_fire_after_their_deadline_and_reset_on_activity() {
     assert_eq!(sim.take_received(peer), b"timeout\n");
     assert!(sim.is_closed(peer));
 }
+
+/// Durations never panic: a handler's timer of `Duration::MAX`, and grace and readiness
+/// delays of `Duration::MAX`, saturate (before: `Instant + Duration` overflowed, a
+/// panic in the handler or in the drain itself).
+#[test]
+fn huge_durations_saturate_instead_of_panicking() {
+    struct Forever;
+    impl gracering::Handler for Forever {
+        type State = ();
+        type Message = ();
+        fn on_open(&mut self, conn: &mut gracering::Conn<'_>) {
+            conn.set_timer(std::time::Duration::MAX);
+        }
+        fn on_data(&mut self, _: &mut (), conn: &mut gracering::Conn<'_>, data: &[u8]) -> usize {
+            conn.set_timer(std::time::Duration::MAX);
+            conn.write(data);
+            data.len()
+        }
+    }
+    let builder = gracering::Builder::new()
+        .grace_period(std::time::Duration::MAX)
+        .drain_delay(std::time::Duration::from_secs(3600 * 24 * 365 * 1000));
+    let mut sim = gracering::sim::Sim::with_config(Forever, &builder);
+    let peer = sim.connect();
+    sim.send(peer, b"ping");
+    sim.run_until_idle();
+    assert_eq!(sim.take_received(peer), b"ping");
+    assert_eq!(sim.stats().handler_panics, 0);
+    sim.signal(libc::SIGTERM);
+    sim.run_until_idle();
+    assert!(
+        !sim.is_done(),
+        "the (saturated) readiness delay is still running"
+    );
+    assert_eq!(sim.stats().handler_panics, 0);
+}

@@ -103,7 +103,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("bad duration {s:?}"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
+    if secs > YEAR {
+        return Err(format!("duration {s:?} is longer than a year"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
 /// Prints the drain report as one JSON line on stderr and maps it to the exit code:

@@ -329,9 +329,10 @@ impl<S> Connection<S> {
             } else {
                 self.closing = Closing::Lingering(reason);
                 q.shutdown_write_now(self.conn_ref(), self.fd);
-                linger
-                    .queue
-                    .push_back((linger.now + linger.time, self.conn_ref()));
+                linger.queue.push_back((
+                    crate::clock::after(linger.now, linger.time),
+                    self.conn_ref(),
+                ));
                 self.arm_recv(q);
             }
         }

@@ -213,7 +213,7 @@ impl<H: Handler> Engine<H> {
         ));
         c.link = key as u32;
         c.connecting = true;
-        c.timer_at = Some(now + slot.options.timeout);
+        c.timer_at = Some(crate::clock::after(now, slot.options.timeout));
         c.file_timer(&mut self.timers);
         slot.sock = Some(c.conn_ref());
         self.local.set_status(slot.id, LinkStatus::Connecting);
@@ -355,7 +355,7 @@ impl<H: Handler> Engine<H> {
                     Some(d) => (d * 2).min(max),
                 };
                 slot.backoff = Some(delay);
-                slot.retry_at = Some(now + delay);
+                slot.retry_at = Some(crate::clock::after(now, delay));
                 self.local.set_status(slot.id, LinkStatus::Down);
                 Some(delay)
             }

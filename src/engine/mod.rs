@@ -505,7 +505,7 @@ impl<H: Handler> Engine<H> {
         }
         self.stats.accept_backoffs += 1;
         self.acceptor.backoff = Some(delay);
-        self.acceptor.retry_at = Some(self.linger.now + delay);
+        self.acceptor.retry_at = Some(crate::clock::after(self.linger.now, delay));
     }
 
     fn on_received(&mut self, conn: ConnRef, data: &[u8], queued: bool, q: &mut impl Intents) {

@@ -104,7 +104,7 @@ impl DateCache {
             self.text = imf_fixdate(wall.as_secs());
             let rest =
                 Duration::from_secs(1) - Duration::from_nanos(u64::from(wall.subsec_nanos()));
-            self.next = Some(now + rest);
+            self.next = Some(crate::clock::after(now, rest));
         }
         &self.text
     }
