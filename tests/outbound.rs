@@ -175,6 +175,11 @@ fn a_link_serves_through_the_drain_and_closes_after_the_last_response() {
         let events: Log = Arc::default();
         let server = builder(backend, 1)
             .grace_period(Duration::from_secs(10))
+            // A long linger: each accepted connection closes only after its client's
+            // FIN, which the test sends after it read every answer, so the link's
+            // close (after the last accepted connection's) is ordered after the reads
+            // by the server itself, not by thread timing.
+            .linger(Duration::from_secs(8))
             .bind()
             .unwrap();
         let (addr, handle) = (server.local_addr(), server.shutdown_handle());
@@ -223,7 +228,7 @@ fn a_link_serves_through_the_drain_and_closes_after_the_last_response() {
         for (i, c) in clients.iter_mut().enumerate() {
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let mut got = String::new();
-            c.read_to_string(&mut got).unwrap(); // the answer, then our FIN
+            c.read_to_string(&mut got).unwrap(); // the answer, then the server's FIN
             assert_eq!(
                 got,
                 format!("REQ{i}\n"),
@@ -231,6 +236,7 @@ fn a_link_serves_through_the_drain_and_closes_after_the_last_response() {
             );
             last = Instant::now();
         }
+        drop(clients); // our FINs: the server's connections close now
         let report = run.join().unwrap().unwrap();
         assert!(report.is_clean(), "{backend:?}: {}", report.to_json());
         let total = report.total();
