@@ -200,7 +200,9 @@ impl Builder {
         self
     }
 
-    /// Whether SIGTERM and SIGINT drive the drain (first: drain, second: force).
+    /// Whether signals drive the drain: SIGTERM, SIGINT and SIGQUIT (first: drain,
+    /// second: force); SIGHUP, SIGUSR1 and SIGUSR2 are read too and only logged (their
+    /// default action would kill the process mid-request).
     /// Default `true`. Without it only the
     /// [`ShutdownHandle`](crate::ShutdownHandle) stops the server.
     pub fn handle_signals(mut self, handle: bool) -> Builder {
@@ -272,7 +274,7 @@ impl Builder {
 
     /// Creates the workers' listening sockets (bound, listening) and returns the server,
     /// ready to [`run`](Server::run). Unless [`handle_signals`](Builder::handle_signals)
-    /// is off, SIGTERM and SIGINT are blocked in the calling thread from here on, so that
+    /// is off, the signals it reads are blocked in the calling thread from here on, so that
     /// a signal that comes between `bind` and `run` (a supervisor that signals as soon as
     /// the address is printed) starts the drain instead of killing the process: call
     /// `run` on the same thread.

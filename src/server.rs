@@ -189,7 +189,8 @@ impl Server {
     /// through the [`Worker`] it gets the worker's index and registers the per-worker
     /// resources to tear down at the end. A handler needs no locks and need not be `Send`.
     ///
-    /// Unless [`Builder::handle_signals`] turned it off, SIGTERM and SIGINT are blocked
+    /// Unless [`Builder::handle_signals`] turned it off, SIGTERM, SIGINT, SIGQUIT, SIGHUP,
+    /// SIGUSR1 and SIGUSR2 are blocked
     /// in the calling thread (and so in every worker) and read through a signalfd: the
     /// first starts the drain, a second forces it. Threads the program started before
     /// must block them too: see [`block_shutdown_signals`](crate::block_shutdown_signals).

@@ -24,6 +24,8 @@ pub enum Trigger {
     Sigterm,
     /// SIGINT arrived.
     Sigint,
+    /// SIGQUIT arrived (a graceful stop, as for nginx).
+    Sigquit,
     /// [`ShutdownHandle::shutdown`] (or `force`) was called.
     Handle,
     /// A worker failed (its wait on the kernel returned an error, or the engine
@@ -37,8 +39,21 @@ impl Trigger {
     pub(crate) fn from_signal(signo: i32) -> Trigger {
         if signo == libc::SIGINT {
             Trigger::Sigint
+        } else if signo == libc::SIGQUIT {
+            Trigger::Sigquit
         } else {
             Trigger::Sigterm
+        }
+    }
+
+    /// The name of a signal the server takes but does not act on (SIGHUP, SIGUSR1,
+    /// SIGUSR2: their default action would kill the process mid-request).
+    pub(crate) fn ignored_signal(signo: i32) -> Option<&'static str> {
+        match signo {
+            libc::SIGHUP => Some("SIGHUP"),
+            libc::SIGUSR1 => Some("SIGUSR1"),
+            libc::SIGUSR2 => Some("SIGUSR2"),
+            _ => None,
         }
     }
 
@@ -47,6 +62,7 @@ impl Trigger {
         match self {
             Trigger::Sigterm => "SIGTERM",
             Trigger::Sigint => "SIGINT",
+            Trigger::Sigquit => "SIGQUIT",
             Trigger::Handle => "handle",
             Trigger::WorkerFailed => "worker-failed",
             Trigger::Upgrade => "upgrade",

@@ -581,3 +581,37 @@ fn a_huge_duration_flag_is_refused_with_a_reason() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("longer than a year"), "{stderr}");
 }
+
+/// SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored (before, their default action
+/// killed the process with its requests); SIGQUIT drains like SIGTERM.
+#[test]
+fn hup_and_usr_signals_are_ignored_and_quit_drains() {
+    let mut server = spawn_example("http", &["--workers", "1", "--drain-delay", "0ms"], |_| {});
+    for (sig, name) in [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGUSR2, "SIGUSR2"),
+    ] {
+        server.signal(sig);
+        assert!(
+            server.wait_for_stderr(
+                &format!("{name} received and ignored"),
+                Duration::from_secs(5)
+            ),
+            "{:?}",
+            server.stderr_lines()
+        );
+    }
+    let mut c = TcpStream::connect(server.addr).unwrap();
+    c.write_all(b"GET /slow?ms=300 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert!(wait_server_read(&c, Duration::from_secs(5)));
+    server.signal(libc::SIGQUIT);
+    let mut got = String::new();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.read_to_string(&mut got).unwrap();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let (code, _) = server.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(0), "{:?}", server.stderr_lines());
+    assert!(server.drain_report().contains("\"trigger\":\"SIGQUIT\""));
+}

@@ -64,6 +64,8 @@ pub(crate) enum Note {
     },
     /// A handler callback panicked; the connection (if any) was closed.
     HandlerPanic { callback: Callback, message: String },
+    /// A signal the server does not act on (SIGHUP, SIGUSR1, SIGUSR2) arrived.
+    SignalIgnored { name: &'static str },
     /// The teardown began with this many outbound links to close.
     ClosingLinks { links: usize },
 }
@@ -85,7 +87,7 @@ impl fmt::Display for Note {
                 delay,
             } => {
                 match trigger {
-                    Trigger::Sigterm | Trigger::Sigint => {
+                    Trigger::Sigterm | Trigger::Sigint | Trigger::Sigquit => {
                         write!(f, "{} received", trigger.as_str())?
                     }
                     Trigger::Handle => f.write_str("shutdown handle called")?,
@@ -111,6 +113,11 @@ impl fmt::Display for Note {
             Note::AcceptStopped { from_backlog, open } => write!(
                 f,
                 "accept stopped ({from_backlog} from the backlog), {open} connections open"
+            ),
+            Note::SignalIgnored { name } => write!(
+                f,
+                "{name} received and ignored (SIGTERM, SIGINT or SIGQUIT stop the server \
+                 gracefully; for a new binary use the in-place upgrade)"
             ),
             Note::ClosingLinks { links } => write!(
                 f,
@@ -149,7 +156,8 @@ impl Note {
             | Note::Cutting { .. }
             | Note::LastClosed { .. }
             | Note::ClosingLinks { .. } => true,
-            Note::AcceptBackingOff { .. }
+            Note::SignalIgnored { .. }
+            | Note::AcceptBackingOff { .. }
             | Note::AcceptRecovered { .. }
             | Note::HandlerPanic { .. } => false,
         }
@@ -161,6 +169,7 @@ impl Note {
             Note::AcceptBackingOff { .. }
             | Note::BacklogStopped { .. }
             | Note::Cutting { .. }
+            | Note::SignalIgnored { .. }
             | Note::HandlerPanic { .. } => true,
             Note::AcceptRecovered { .. }
             | Note::DrainBegan { .. }

@@ -35,6 +35,10 @@ impl<H: Handler> Engine<H> {
 
     /// A shutdown signal: the first starts the drain, a later one forces it.
     pub(super) fn on_signal(&mut self, signo: i32, q: &mut impl Intents) {
+        if let Some(name) = Trigger::ignored_signal(signo) {
+            self.notes.push(Note::SignalIgnored { name });
+            return;
+        }
         let trigger = Trigger::from_signal(signo);
         let now = self.linger.now;
         if !self.shared.draining() {

@@ -1,5 +1,7 @@
-//! Shutdown signals: SIGTERM and SIGINT are blocked in every thread and read through a
-//! signalfd, so a signal reaches a worker as one more completion on its ring.
+//! Signals: SIGTERM, SIGINT and SIGQUIT (the drain; a second one forces it) and SIGHUP,
+//! SIGUSR1 and SIGUSR2 (logged and ignored: their default action would kill the process
+//! and drop what is in flight) are blocked in every thread and read through a signalfd,
+//! so a signal reaches a worker as one more completion on its ring.
 //!
 //! A signal that is blocked in every thread stays pending until a signalfd read takes
 //! it; a thread that did not block it would get the default action instead (the process
@@ -13,8 +15,16 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use super::syscall::syscall;
 
-/// The signals that start (and, a second time, force) the drain.
-pub(crate) const SHUTDOWN_SIGNALS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+/// The signals read through the signalfd: the first three start (and, a second time,
+/// force) the drain; the others are logged and ignored.
+pub(crate) const SHUTDOWN_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
 
 fn shutdown_set() -> io::Result<libc::sigset_t> {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
@@ -28,12 +38,12 @@ fn shutdown_set() -> io::Result<libc::sigset_t> {
     Ok(set)
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread, and so in every thread it starts
-/// afterwards. Call it first thing in `main` when the program starts threads of its own
+/// Blocks SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1 and SIGUSR2 in the calling thread,
+/// and so in every thread it starts afterwards. Call it first thing in `main` when the program starts threads of its own
 /// before [`Server::run`](crate::Server::run); otherwise `run` does it.
 ///
 /// ```
-/// gracering::block_shutdown_signals().expect("block SIGTERM and SIGINT");
+/// gracering::block_shutdown_signals().expect("block the signals the server reads");
 /// ```
 pub fn block_shutdown_signals() -> io::Result<()> {
     let set = shutdown_set()?;
@@ -46,7 +56,7 @@ pub fn block_shutdown_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// A non-blocking signalfd for SIGTERM and SIGINT.
+/// A non-blocking signalfd for the signals of [`SHUTDOWN_SIGNALS`].
 pub(crate) fn shutdown_signalfd() -> io::Result<OwnedFd> {
     let set = shutdown_set()?;
     // SAFETY: -1 asks for a new descriptor; `set` is initialised.
