@@ -615,3 +615,25 @@ fn hup_and_usr_signals_are_ignored_and_quit_drains() {
     assert_eq!(code, Some(0), "{:?}", server.stderr_lines());
     assert!(server.drain_report().contains("\"trigger\":\"SIGQUIT\""));
 }
+
+/// A new connection that sends nothing is closed at the header timeout, not held for
+/// the idle timeout (60 s by default).
+#[test]
+fn a_silent_new_connection_is_closed_at_the_header_timeout() {
+    let server = spawn_example(
+        "http",
+        &["--workers", "1", "--header-timeout", "300ms"],
+        |_| {},
+    );
+    let mut c = TcpStream::connect(server.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = c.read(&mut buf).expect("an orderly close, not a reset");
+    assert_eq!(n, 0, "closed without a response");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "held {:?}",
+        t.elapsed()
+    );
+}

@@ -269,7 +269,10 @@ impl<S: Service> Handler for Http<S> {
     type Message = S::Message;
 
     fn on_open(&mut self, conn: &mut Conn<'_>) -> HttpConn {
-        conn.set_timer(self.config.idle_timeout);
+        // The first request's head is due within the header timeout: a connection that
+        // sends nothing is not held for a keep-alive's idle timeout.
+        let first = self.config.header_timeout.min(self.config.idle_timeout);
+        conn.set_timer(first);
         HttpConn {
             phase: Phase::Idle,
             last_active: conn.now(),
