@@ -200,3 +200,38 @@ fn a_closed_client_does_not_disturb_the_server() {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// A connection whose last read filled the read buffer exactly (64 KiB on epoll) and
+/// that is idle since is idle for the drain: it closes at once and the exit is 0.
+/// Before, epoll took such a read for "more input queued" until another read said
+/// otherwise, so the drain waited for the grace deadline (exit 3). The server is
+/// stopped (SIGSTOP) while the 64 KiB arrive, so that one read takes them all.
+#[test]
+fn an_idle_connection_after_a_full_read_does_not_hold_the_drain() {
+    let mut server = spawn_echo(&[
+        "--workers",
+        "1",
+        "--grace-period",
+        "3s",
+        "--drain-delay",
+        "0ms",
+    ]);
+    let mut c = TcpStream::connect(server.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"warm").unwrap();
+    let mut warm = [0u8; 4];
+    c.read_exact(&mut warm).unwrap();
+    server.signal(libc::SIGSTOP);
+    let block = vec![7u8; 64 * 1024];
+    c.write_all(&block).unwrap();
+    thread::sleep(Duration::from_millis(100)); // all of it in the server's socket
+    server.signal(libc::SIGCONT);
+    let mut back = vec![0u8; block.len()];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(back, block);
+    thread::sleep(Duration::from_millis(50));
+    server.signal(libc::SIGTERM);
+    let (code, took) = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{:?}", server.stderr_lines());
+    assert!(took < Duration::from_secs(2), "the drain waited {took:?}");
+}

@@ -316,7 +316,10 @@ impl Reader<'_> {
                 Ok(0) => RecvEnd::Eof,
                 Ok(n) => {
                     let n = n as usize;
-                    let queued = n == buf.len();
+                    // A read that filled the buffer may have emptied the socket too:
+                    // ask, so that an idle connection is not taken for one with input
+                    // queued (its drain would wait for input that never comes).
+                    let queued = n == buf.len() && socket::unread_bytes(fd) > 0;
                     let data = &buf[..n];
                     handle(Event::Received { conn, data, queued }, self.q);
                     if !queued && !to_end {

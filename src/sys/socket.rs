@@ -181,3 +181,13 @@ pub(crate) fn connect_result(fd: RawFd) -> Result<(), i32> {
         Err(e) => Err(e.raw_os_error().unwrap_or(libc::EIO)),
     }
 }
+
+/// How many bytes wait unread in a connection's socket (FIONREAD); 0 if it cannot tell.
+pub(crate) fn unread_bytes(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int into `n`, a live local.
+    match unsafe { syscall!(ioctl(fd, libc::FIONREAD, &raw mut n)) } {
+        Ok(_) => n.max(0) as usize,
+        Err(_) => 0,
+    }
+}
