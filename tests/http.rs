@@ -637,3 +637,26 @@ fn a_silent_new_connection_is_closed_at_the_header_timeout() {
         t.elapsed()
     );
 }
+
+/// An absolute-form target (RFC 9112 3.2.2: a server must accept it) is served as its
+/// path: `GET http://host/` is the hello route (before: 404).
+#[test]
+fn an_absolute_form_target_is_served_as_its_path() {
+    let server = spawn_example("http", &["--workers", "1"], |_| {});
+    for target in [
+        "http://example.com/",
+        "http://127.0.0.1:9/?x=1",
+        "https://h",
+    ] {
+        let mut c = TcpStream::connect(server.addr).unwrap();
+        write!(
+            c,
+            "GET {target} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 200"), "{target}: {got}");
+        assert!(got.ends_with("Hello, World!"), "{target}: {got}");
+    }
+}

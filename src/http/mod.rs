@@ -465,7 +465,7 @@ impl<S: Service> Http<S> {
     ) {
         let request = Request {
             method: req.method.unwrap_or(""),
-            target: req.path.unwrap_or(""),
+            target: parse::origin_form(req.path.unwrap_or("")),
             minor_version: req.version.unwrap_or(1),
             headers: req.headers,
             body,

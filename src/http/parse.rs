@@ -129,13 +129,36 @@ fn check_target(method: &str, target: &str) -> Result<(), Status> {
     let ok = match method {
         "CONNECT" => !target.is_empty() && !target.starts_with('/'),
         "OPTIONS" if target == "*" => true,
+        // Absolute form: a host, then a path or nothing (`http://h?q` is refused).
         _ => {
             target.starts_with('/')
-                || target.starts_with("http://")
-                || target.starts_with("https://")
+                || absolute_path(target).is_some_and(|p| p.is_empty() || p.starts_with('/'))
         }
     };
     if ok { Ok(()) } else { Err(Status::BAD_REQUEST) }
+}
+
+/// The path and query of an absolute-form target (`http://host/p?q`: `/p?q`; no path:
+/// ``), or `None` if it is not one (or names no host).
+fn absolute_path(target: &str) -> Option<&str> {
+    let rest = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if end == 0 {
+        return None; // no authority
+    }
+    Some(&rest[end..])
+}
+
+/// The origin form of a checked target (RFC 9112 3.2.2: a server must accept the
+/// absolute form): `http://host/p?q` is served as `/p?q`, `http://host` as `/`.
+pub(crate) fn origin_form(target: &str) -> &str {
+    match absolute_path(target) {
+        Some("") => "/",
+        Some(path) => path,
+        None => target,
+    }
 }
 
 /// A Host value: no whitespace, no controls, no userinfo (RFC 9110 7.2).
@@ -203,6 +226,18 @@ fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn absolute_form_targets_are_served_in_origin_form() {
+        assert_eq!(origin_form("http://example.com/a/b?x=1"), "/a/b?x=1");
+        assert_eq!(origin_form("https://example.com"), "/");
+        assert_eq!(origin_form("/plain"), "/plain");
+        assert!(check_target("GET", "http://example.com/a").is_ok());
+        assert!(check_target("GET", "http://example.com").is_ok());
+        assert!(check_target("GET", "http:///nohost").is_err());
+        assert!(check_target("GET", "http://example.com?q").is_err());
+    }
+
     use super::*;
 
     fn check(raw: &str) -> Result<HeadInfo, Status> {
