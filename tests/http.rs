@@ -25,6 +25,8 @@ impl Service for Test {
     fn call(&mut self, req: &Request<'_>, res: &mut Response<'_>) {
         match req.path() {
             "/echo" => res.send(Status::OK, &[], req.body()),
+            "/split" => res.send(Status::OK, &[("x-a", b"v\r\nx-injected: 1")], b"x"),
+            "/length" => res.send(Status::OK, &[("content-length", b"1")], b"xyz"),
             "/readyz" if res.is_draining() => res.text(Status::SERVICE_UNAVAILABLE, "draining"),
             _ => res.text(Status::OK, &format!("{} {}", req.method(), req.target())),
         }
@@ -659,4 +661,29 @@ fn an_absolute_form_target_is_served_as_its_path() {
         assert!(got.starts_with("HTTP/1.1 200"), "{target}: {got}");
         assert!(got.ends_with("Hello, World!"), "{target}: {got}");
     }
+}
+
+/// A response header a service sets with CR/LF (response splitting) or a framing header
+/// of its own (a second Content-Length) is never written: the client gets 500.
+#[test]
+fn response_headers_a_service_sets_are_checked() {
+    let addr = serve(HttpConfig::default());
+    for path in ["/split", "/length"] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+        let (resp, _) = exchange(addr, raw.as_bytes());
+        assert_eq!(resp.status, 500, "{path}: {resp:?}");
+        assert!(resp.header("x-injected").is_none(), "{path}: {resp:?}");
+        let lengths = resp
+            .headers
+            .iter()
+            .filter(|h| h.starts_with("content-length:"))
+            .count();
+        assert_eq!(lengths, 1, "{path}: {resp:?}");
+    }
+    // A well-formed request on another connection is unaffected.
+    let (ok, _) = exchange(
+        addr,
+        b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(ok.status, 200);
 }

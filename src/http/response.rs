@@ -185,6 +185,20 @@ impl Response<'_> {
         if self.sent {
             return;
         }
+        if let Some(bad) = headers.iter().find(|(n, v)| !header_ok(n, v)) {
+            // Response splitting or a second framing header: never sent as given.
+            log::warn!(
+                "a service set the response header {:?}, which is refused (a name that is \
+                 not a token, a value with CR, LF or NUL, or a framing header the HTTP \
+                 layer writes itself): answered 500 instead",
+                bad.0
+            );
+            return self.send(
+                Status::INTERNAL_ERROR,
+                &[("content-type", b"text/plain")],
+                b"invalid response header",
+            );
+        }
         self.sent = true;
         self.status = status.0;
         write_head(
@@ -329,8 +343,38 @@ pub(crate) fn write_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether a service's header field may be written: a token for a name (RFC 9110 5.1),
+/// no CR, LF or NUL in the value (response splitting), and none of the fields the HTTP
+/// layer writes itself (`content-length`, `transfer-encoding`, `connection`, `date`).
+fn header_ok(name: &str, value: &[u8]) -> bool {
+    const TCHAR: &[u8] = b"!#$%&'*+-.^_`|~";
+    let token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || TCHAR.contains(&b));
+    let reserved = ["content-length", "transfer-encoding", "connection", "date"]
+        .iter()
+        .any(|r| name.eq_ignore_ascii_case(r));
+    token && !reserved && !value.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn service_headers_are_checked() {
+        use super::header_ok;
+        assert!(header_ok("content-type", b"text/plain"));
+        assert!(header_ok("x-a.b_c", b"v; q=1"));
+        assert!(!header_ok("x-a", b"v\r\nx-injected: 1"));
+        assert!(!header_ok("x-a", b"v\n"));
+        assert!(!header_ok("x-a", b"v\0"));
+        assert!(!header_ok("bad name", b"v"));
+        assert!(!header_ok("x:y", b"v"));
+        assert!(!header_ok("", b"v"));
+        assert!(!header_ok("Content-Length", b"5"));
+        assert!(!header_ok("transfer-encoding", b"chunked"));
+    }
+
     use super::*;
 
     #[test]
