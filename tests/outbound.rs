@@ -511,7 +511,16 @@ fn a_peer_that_is_down_costs_no_spin() {
             per_link >= 10.0 && per_link <= bound,
             "{backend:?}: {per_link:.0} connects per link in {wall:?} (bound {bound:.0})"
         );
-        assert_eq!(total.outbound_failed, total.outbound_connects);
+        // Every attempt failed, but those still connecting at the teardown, which it
+        // cancels (at most one per link).
+        assert_eq!(total.outbound_connected, 0);
+        assert!(
+            total.outbound_failed + LINKS as u64 >= total.outbound_connects
+                && total.outbound_failed <= total.outbound_connects,
+            "{backend:?}: {} failed of {} connects",
+            total.outbound_failed,
+            total.outbound_connects
+        );
         assert!(
             cpu.as_secs_f64() < 0.5 * wall.as_secs_f64(),
             "{backend:?}: {cpu:?} of CPU in {wall:?}"
