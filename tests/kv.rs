@@ -16,10 +16,10 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 mod support;
-use support::http1::Client;
+use support::http1::{Client, kv_mixed_operations};
 use support::observe::wait_server_read;
 use support::serial::serial;
-use support::{ChildServer, Rng, connect, spawn_example};
+use support::{ChildServer, connect, spawn_example};
 
 /// A folder of its own under the temporary directory, removed when dropped.
 struct TempDir(PathBuf);
@@ -185,56 +185,7 @@ fn ten_thousand_mixed_operations_match_a_model() {
     let dir = TempDir::new();
     let server = spawn_kv(&dir.db(), &[]);
     let addr = server.addr;
-    let models: Vec<HashMap<String, Vec<u8>>> = std::thread::scope(|s| {
-        let clients: Vec<_> = (0..THREADS)
-            .map(|t| {
-                s.spawn(move || {
-                    // Two connections each, alternating, so both workers serve each
-                    // thread's keys; the keys are this thread's own, so the model is exact.
-                    let mut conns = [Client::new(addr), Client::new(addr)];
-                    let mut rng = Rng::new(0x6b76 + t as u64);
-                    let mut model: HashMap<String, Vec<u8>> = HashMap::new();
-                    for i in 0..OPS {
-                        let key = format!("t{t}-{}", rng.next_u64() % KEYS);
-                        let path = format!("/kv/{key}");
-                        let c = &mut conns[i % 2];
-                        match rng.next_u64() % 10 {
-                            0..=3 => {
-                                let mut value = vec![0u8; rng.log_size(2048) - 1];
-                                rng.fill(&mut value);
-                                let want = if model.contains_key(&key) { 200 } else { 201 };
-                                let got = c.call("PUT", &path, &value);
-                                assert_eq!(got.status, want, "op {i}: PUT {key}: {got:?}");
-                                model.insert(key, value);
-                            }
-                            4..=7 => {
-                                let got = c.call("GET", &path, b"");
-                                match model.get(&key) {
-                                    Some(v) => assert_eq!(
-                                        (got.status, &got.body),
-                                        (200, v),
-                                        "op {i}: GET {key}"
-                                    ),
-                                    None => assert_eq!(got.status, 404, "op {i}: GET {key}"),
-                                }
-                            }
-                            _ => {
-                                let want = if model.remove(&key).is_some() {
-                                    200
-                                } else {
-                                    404
-                                };
-                                let got = c.call("DELETE", &path, b"");
-                                assert_eq!(got.status, want, "op {i}: DELETE {key}: {got:?}");
-                            }
-                        }
-                    }
-                    model
-                })
-            })
-            .collect();
-        clients.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let models = kv_mixed_operations(addr, (THREADS, OPS, KEYS), 0x6b76);
     stop(server);
     let mut want: HashMap<String, Vec<u8>> = HashMap::new();
     for model in models {

@@ -22,10 +22,10 @@ use testkit::procstat;
 use testkit::redis::{MonitorLine, RedisClient, RedisServer};
 
 mod support;
-use support::http1::Client;
+use support::http1::{Client, kv_mixed_operations};
 use support::observe::wait_server_read_all;
 use support::serial::serial;
-use support::{ChildServer, Rng, spawn_example, wait_until};
+use support::{ChildServer, spawn_example, wait_until};
 
 /// A Redis server of this test's own; a missing `redis-server` fails the test loudly.
 fn redis() -> RedisServer {
@@ -223,73 +223,7 @@ fn ten_thousand_mixed_operations_match_a_model() {
     let redis = redis();
     let server = spawn_kv(&redis, &[]);
     let addr = server.addr;
-    let models: Vec<HashMap<String, Vec<u8>>> = std::thread::scope(|s| {
-        let clients: Vec<_> = (0..THREADS)
-            .map(|t| {
-                s.spawn(move || {
-                    // Two connections each, alternating, so both workers (and their
-                    // Redis connections) serve each thread's keys; the keys are this
-                    // thread's own, so the model is exact.
-                    let mut conns = [Client::new(addr), Client::new(addr)];
-                    let mut rng = Rng::new(0x7265 + t as u64);
-                    let mut model: HashMap<String, Vec<u8>> = HashMap::new();
-                    for i in 0..OPS {
-                        let key = format!("t{t}-{}", rng.next_u64() % KEYS);
-                        let path = format!("/kv/{key}");
-                        let c = &mut conns[i % 2];
-                        match rng.next_u64() % 10 {
-                            0..=3 => {
-                                let mut value = vec![0u8; rng.log_size(2048) - 1];
-                                rng.fill(&mut value);
-                                let (status, body) = if model.contains_key(&key) {
-                                    (200, &b"replaced"[..])
-                                } else {
-                                    (201, &b"created"[..])
-                                };
-                                let got = c.call("PUT", &path, &value);
-                                assert_eq!(
-                                    (got.status, got.body.as_slice()),
-                                    (status, body),
-                                    "op {i}: PUT {key}"
-                                );
-                                model.insert(key, value);
-                            }
-                            4..=7 => {
-                                let got = c.call("GET", &path, b"");
-                                match model.get(&key) {
-                                    Some(v) => assert_eq!(
-                                        (got.status, &got.body),
-                                        (200, v),
-                                        "op {i}: GET {key}"
-                                    ),
-                                    None => assert_eq!(
-                                        (got.status, got.body.as_slice()),
-                                        (404, &b"no such key"[..]),
-                                        "op {i}: GET {key}"
-                                    ),
-                                }
-                            }
-                            _ => {
-                                let (status, body) = if model.remove(&key).is_some() {
-                                    (200, &b"deleted"[..])
-                                } else {
-                                    (404, &b"no such key"[..])
-                                };
-                                let got = c.call("DELETE", &path, b"");
-                                assert_eq!(
-                                    (got.status, got.body.as_slice()),
-                                    (status, body),
-                                    "op {i}: DELETE {key}"
-                                );
-                            }
-                        }
-                    }
-                    model
-                })
-            })
-            .collect();
-        clients.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let models = kv_mixed_operations(addr, (THREADS, OPS, KEYS), 0x7265);
     let lines = stop(server);
     let counts = redis_counts(&lines, 2);
     let answers: u64 = ["value", "absent", "created", "replaced", "deleted"]

@@ -100,3 +100,56 @@ impl Client {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 }
+
+/// The kv example's mixed load against a model: `threads` client threads, each doing
+/// `ops` PUTs (40%), GETs (40%) and DELETEs (20%) on `keys` keys of its own over two
+/// keep-alive connections (alternating, so every worker serves each thread's keys),
+/// every status and body checked against the thread's model. Returns the models, for
+/// the caller to compare with the store.
+pub fn kv_mixed_operations(
+    addr: std::net::SocketAddr,
+    (threads, ops, keys): (usize, usize, u64),
+    seed: u64,
+) -> Vec<std::collections::HashMap<String, Vec<u8>>> {
+    use std::collections::HashMap;
+    std::thread::scope(|s| {
+        let clients: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut conns = [Client::new(addr), Client::new(addr)];
+                    let mut rng = super::Rng::new(seed + t as u64);
+                    let mut model: HashMap<String, Vec<u8>> = HashMap::new();
+                    for i in 0..ops {
+                        let key = format!("t{t}-{}", rng.next_u64() % keys);
+                        let path = format!("/kv/{key}");
+                        let c = &mut conns[i % 2];
+                        let (method, body, want): (&str, Vec<u8>, (u16, Vec<u8>)) =
+                            match rng.next_u64() % 10 {
+                                0..=3 => {
+                                    let mut value = vec![0u8; rng.log_size(2048) - 1];
+                                    rng.fill(&mut value);
+                                    let want = match model.insert(key.clone(), value.clone()) {
+                                        Some(_) => (200, b"replaced".to_vec()),
+                                        None => (201, b"created".to_vec()),
+                                    };
+                                    ("PUT", value, want)
+                                }
+                                4..=7 => match model.get(&key) {
+                                    Some(v) => ("GET", Vec::new(), (200, v.clone())),
+                                    None => ("GET", Vec::new(), (404, b"no such key".to_vec())),
+                                },
+                                _ => match model.remove(&key) {
+                                    Some(_) => ("DELETE", Vec::new(), (200, b"deleted".to_vec())),
+                                    None => ("DELETE", Vec::new(), (404, b"no such key".to_vec())),
+                                },
+                            };
+                        let got = c.call(method, &path, &body);
+                        assert_eq!((got.status, got.body), want, "op {i}: {method} {key}");
+                    }
+                    model
+                })
+            })
+            .collect();
+        clients.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
