@@ -9,8 +9,11 @@
 
 use std::env;
 use std::ffi::OsString;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 /// Any error of a build.
 pub type Error = Box<dyn std::error::Error>;
@@ -57,23 +60,49 @@ pub fn build_peer(name: &str, hint: Option<&str>) -> Result<PathBuf, Error> {
 }
 
 /// The path of an example binary built by this `cargo test` run, beside the running
-/// test binary (building it, in the same profile, if a filtered run skipped it).
+/// test binary: built (in the same profile) if a filtered run skipped it, or rebuilt if
+/// it is older than the sources, so that a filtered run never tests a stale binary.
+/// Checked once per example per test process.
 pub fn example_path(name: &str) -> PathBuf {
+    static CHECKED: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let exe = env::current_exe().expect("current_exe");
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target dir");
     let path = profile_dir.join("examples").join(name);
-    if !path.exists() {
-        let status = Command::new(cargo())
-            .args(["build", "-p", "gracering", "--example", name])
-            .current_dir(workspace_dir())
-            .status()
-            .expect("run cargo build");
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if checked.iter().any(|n| n == name) {
+        return path;
+    }
+    let built = fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let root = workspace_dir();
+    let sources = ["src", "examples", "Cargo.toml"].map(|p| newest_mtime(&root.join(p)));
+    let stale = built.is_none_or(|b| sources.into_iter().flatten().any(|s| s > b));
+    if stale {
+        let mut cmd = Command::new(cargo());
+        cmd.args(["build", "-p", "gracering", "--example", name]);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.current_dir(root).status().expect("run cargo build");
         assert!(status.success(), "building example {name} failed");
     }
+    checked.push(name.to_string());
     path
+}
+
+/// The latest modification time of a file, or of any file under a directory.
+fn newest_mtime(path: &Path) -> Option<SystemTime> {
+    let meta = fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| newest_mtime(&entry.path()))
+        .max()
 }
 
 /// `cargo build --release {package} {kind} NAME...` in the workspace's root.
