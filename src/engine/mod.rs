@@ -550,6 +550,11 @@ impl<H: Handler> Engine<H> {
         }
         c.file_timer(&mut self.timers);
         after_handler(c, reason, &mut self.flush, q, &mut self.linger);
+        // Back-pressure at once, not only at the end of the turn: a backend may deliver
+        // many reads of one fast peer in one turn (epoll reads up to its budget).
+        if c.check_pressure(self.limits.max_unsent, q) {
+            self.stats.reads_paused += 1;
+        }
     }
 
     fn on_recv_ended(&mut self, conn: ConnRef, why: RecvEnd, q: &mut impl Intents) {

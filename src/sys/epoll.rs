@@ -32,6 +32,11 @@ use crate::shared::Shared;
 const READ_CHUNK: usize = 64 * 1024;
 /// Events taken from one `epoll_wait`.
 const MAX_EVENTS: usize = 256;
+/// Reads one connection gets per reap (at most `READ_BUDGET * READ_CHUNK` bytes): a
+/// peer that sends faster than it is served is read on in the next reap, after the
+/// other connections, the signals and the end of the turn (its flush and
+/// back-pressure) had theirs.
+const READ_BUDGET: usize = 4;
 
 /// What the backend knows of one connection slot.
 #[derive(Debug, Default)]
@@ -44,6 +49,8 @@ struct Slot {
     parked: Option<OutBuf>,
     /// An outbound connect in progress: the socket turns writable when it ends.
     connecting: bool,
+    /// In `EpollQueue::carry`.
+    carried: bool,
 }
 
 /// An event produced inside an intent, delivered by the next reap.
@@ -67,6 +74,9 @@ pub(crate) struct EpollQueue {
     listener: Option<socket::Listener>,
     slots: Vec<Slot>,
     deferred: VecDeque<Deferred>,
+    /// Connections that used their read budget with bytes still waiting: read on at
+    /// the start of the next reap.
+    carry: Vec<ConnRef>,
     accept_armed: bool,
     /// Connection descriptors handed to the engine and not yet closed.
     fds: OpenFds,
@@ -101,6 +111,7 @@ impl EpollDriver {
             listener: None,
             slots: Vec::new(),
             deferred: VecDeque::new(),
+            carry: Vec::new(),
             accept_armed: false,
             fds: OpenFds::default(),
             shared,
@@ -153,6 +164,12 @@ impl Driver for EpollDriver {
             read_buf: &mut self.read_buf,
             signalfd: self.signalfd,
         };
+        for conn in std::mem::take(&mut r.q.carry) {
+            if let Some(slot) = r.q.slot_mut(conn) {
+                slot.carried = false;
+                r.q.deferred.push_back(Deferred::TryRead(conn));
+            }
+        }
         r.deliver_deferred(&mut handle);
         for ev in &self.events[..std::mem::take(&mut self.ready)] {
             let (bits, token) = (ev.events, ev.u64);
@@ -162,14 +179,14 @@ impl Driver for EpollDriver {
     }
 
     fn has_ready(&self) -> bool {
-        !self.q.deferred.is_empty()
+        !self.q.deferred.is_empty() || !self.q.carry.is_empty()
     }
 
     fn publish(&mut self) {}
 
     fn submit_and_wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let timeout_ms = match timeout {
-            _ if !self.q.deferred.is_empty() => 0,
+            _ if self.has_ready() => 0,
             None => -1,
             Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
         };
@@ -183,6 +200,7 @@ impl Driver for EpollDriver {
             slot.parked = None;
         }
         self.q.deferred.clear();
+        self.q.carry.clear();
         if abort {
             super::abort_sockets(&mut self.q.listener, &mut self.q.fds);
         }
@@ -297,14 +315,15 @@ impl Reader<'_> {
     /// Reads what the socket holds while the engine wants its bytes. After a short read
     /// the socket is empty and the next edge announces more, unless `to_end`: the peer's
     /// FIN (or an error) may already be there with no edge to come, or no edge was seen
-    /// at all; then read on until EOF or EAGAIN.
+    /// at all; then read on until EOF or EAGAIN. At most [`READ_BUDGET`] reads: what
+    /// is left waits for the next reap (the engine may pause the connection meanwhile).
     fn read_conn(
         &mut self,
         conn: ConnRef,
         to_end: bool,
         handle: &mut impl FnMut(Event<'_>, &mut EpollQueue),
     ) {
-        loop {
+        for _ in 0..READ_BUDGET {
             let Some(slot) = self.q.slot(conn).filter(|s| s.reading) else {
                 return;
             };
@@ -338,6 +357,15 @@ impl Reader<'_> {
             }
             handle(Event::RecvEnded { conn, why }, self.q);
             return;
+        }
+        // Budget spent with bytes (or the peer's FIN) perhaps still waiting, and no edge
+        // to announce them: read on next time, if the engine still wants to.
+        if let Some(slot) = self.q.slot_mut(conn)
+            && slot.reading
+            && !slot.carried
+        {
+            slot.carried = true;
+            self.q.carry.push(conn);
         }
     }
 

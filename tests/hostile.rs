@@ -1,0 +1,153 @@
+//! Hostile peers against the release examples, through real sockets and signals (issue
+//! 13): a peer that sends without reading, one that stops reading its responses, one
+//! that keeps sending to a connection that is closing. Each must cost the server a
+//! bounded amount of memory and time, leave the other clients served, and not keep the
+//! drain from ending. Run once per backend (`GRACERING_BACKEND=epoll cargo test`).
+
+mod support;
+
+use std::io::{BufReader, ErrorKind, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
+use support::http1::read_response;
+use support::*;
+
+/// The server's resident memory, in bytes.
+fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// A connection whose receive buffer is tiny: it takes almost none of the server's
+/// output, like a peer that stopped reading.
+fn connect_small_window(addr: SocketAddr) -> TcpStream {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    let s: TcpStream = s.into();
+    s.set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    s
+}
+
+/// Sends `chunk` over and over without reading, until `stop` or `limit` (bounded in
+/// time), or the server ends the connection. Returns the bytes sent.
+fn flood(addr: SocketAddr, chunk: Vec<u8>, stop: Arc<AtomicBool>, limit: Duration) -> u64 {
+    let mut s = connect_small_window(addr);
+    let start = Instant::now();
+    let sent = AtomicU64::new(0);
+    let mut at = 0; // the stream stays whole across partial writes
+    while !stop.load(Ordering::Relaxed) && start.elapsed() < limit {
+        match s.write(&chunk[at..]) {
+            Ok(n) => {
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+                at = (at + n) % chunk.len();
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break, // the server closed it
+        }
+    }
+    sent.into_inner()
+}
+
+/// One fast peer that never reads: the server's memory stays bounded, another client is
+/// answered at once, and SIGTERM ends the process within the grace period (before: on
+/// epoll, 1.2 to 1.8 GB, the other client timed out, and the signal waited for the
+/// flood to stop).
+fn a_flood_that_never_reads(example: &str, chunk: Vec<u8>, probe: &[u8], expect: &[u8]) {
+    let mut server = spawn_example(
+        example,
+        &[
+            "--workers",
+            "1",
+            "--grace-period",
+            "1s",
+            "--drain-delay",
+            "0ms",
+        ],
+        |_| {},
+    );
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        thread::spawn(move || flood(addr, chunk, stop, Duration::from_secs(8)))
+    };
+    thread::sleep(Duration::from_millis(1500));
+
+    // Another client is served while the flood goes on.
+    let mut other = connect(addr);
+    other
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let asked = Instant::now();
+    other.write_all(probe).unwrap();
+    let mut reader = BufReader::new(other.try_clone().unwrap());
+    let answered = if example == "http" {
+        read_response(&mut reader).map(|r| r.body)
+    } else {
+        let mut back = vec![0; expect.len()];
+        std::io::Read::read_exact(&mut reader, &mut back).map(|_| back)
+    };
+    let waited = asked.elapsed();
+    let rss = rss_bytes(server.pid());
+
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    let (code, _) = server.wait_exit(Duration::from_secs(15));
+    let took = signalled.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let sent = flooder.join().unwrap();
+    eprintln!(
+        "{example}: flood sent {} MiB; probe answered in {waited:?}; rss {} MiB; \
+         exit {code:?} {took:?} after SIGTERM",
+        sent >> 20,
+        rss >> 20
+    );
+
+    assert_eq!(
+        answered.expect("the other client is answered during the flood"),
+        expect
+    );
+    assert!(
+        waited < Duration::from_secs(1),
+        "the other client waited {waited:?}"
+    );
+    assert!(
+        rss < 64 << 20,
+        "one peer that never reads grew the server to {} MiB",
+        rss >> 20
+    );
+    assert!(code.is_some(), "the server did not exit after SIGTERM");
+    assert!(
+        took < Duration::from_secs(3),
+        "exit took {took:?} after SIGTERM with a 1 s grace period"
+    );
+}
+
+#[test]
+fn a_pipelining_flood_that_never_reads_is_bounded() {
+    let chunk = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2400);
+    a_flood_that_never_reads(
+        "http",
+        chunk,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"Hello, World!",
+    );
+}
+
+#[test]
+fn an_echo_flood_that_never_reads_is_bounded() {
+    a_flood_that_never_reads("echo", vec![b'x'; 64 * 1024], b"probe", b"probe");
+}
