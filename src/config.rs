@@ -21,6 +21,8 @@ pub(crate) struct Config {
     pub buffer_count: u16,
     pub max_unsent: usize,
     pub max_pending_input: usize,
+    pub send_timeout: Duration,
+    pub max_discard: usize,
     pub accept_backoff_min: Duration,
     pub accept_backoff_max: Duration,
     pub drain_delay: Duration,
@@ -49,6 +51,8 @@ impl Default for Config {
             buffer_count: 1024,
             max_unsent: 1024 * 1024,
             max_pending_input: 256 * 1024,
+            send_timeout: Duration::from_secs(5),
+            max_discard: 16 * 1024 * 1024,
             accept_backoff_min: Duration::from_millis(5),
             accept_backoff_max: Duration::from_millis(500),
             drain_delay: Duration::ZERO,
@@ -162,6 +166,34 @@ impl Builder {
     /// Default 256 KiB.
     pub fn max_pending_input(mut self, bytes: usize) -> Builder {
         self.config.max_pending_input = bytes.max(1);
+        self
+    }
+
+    /// The send timeout: a connection whose output has made no progress for this long
+    /// (its peer stopped reading) is closed at once, its output dropped, with
+    /// [`CloseReason::SendTimeout`](crate::CloseReason::SendTimeout), and counted in
+    /// [`WorkerStats::send_timeouts`](crate::WorkerStats::send_timeouts). Progress is any
+    /// byte the kernel takes; a peer that reads slowly but steadily is not cut. Default
+    /// 5 s; at least 1 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = gracering::Server::builder().send_timeout(Duration::from_secs(10));
+    /// # drop(builder);
+    /// ```
+    pub fn send_timeout(mut self, timeout: Duration) -> Builder {
+        self.config.send_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The most input a closing connection reads (and drops) so that its close does
+    /// not turn into a reset: a client still uploading a body that was refused, say.
+    /// Past it the connection stops reading and closes as soon as its output is sent
+    /// (its peer may then see a reset); counted in
+    /// [`WorkerStats::discard_limits`](crate::WorkerStats::discard_limits). Default
+    /// 16 MiB.
+    pub fn max_discard(mut self, bytes: usize) -> Builder {
+        self.config.max_discard = bytes;
         self
     }
 

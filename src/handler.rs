@@ -258,6 +258,10 @@ pub enum CloseReason {
     /// ([`ConnectOptions::timeout`](crate::ConnectOptions::timeout)), or the kernel
     /// gave up on the peer (ETIMEDOUT).
     TimedOut,
+    /// The connection's output made no progress for the send timeout (its peer stopped
+    /// reading, see [`Builder::send_timeout`](crate::Builder::send_timeout)); the
+    /// output left was dropped.
+    SendTimeout,
 }
 
 impl CloseReason {
@@ -268,7 +272,9 @@ impl CloseReason {
             CloseReason::Reset => Some(io::ErrorKind::ConnectionReset.into()),
             CloseReason::Refused => Some(io::ErrorKind::ConnectionRefused.into()),
             CloseReason::Unreachable => Some(io::Error::from_raw_os_error(libc::EHOSTUNREACH)),
-            CloseReason::TimedOut => Some(io::ErrorKind::TimedOut.into()),
+            CloseReason::TimedOut | CloseReason::SendTimeout => {
+                Some(io::ErrorKind::TimedOut.into())
+            }
             CloseReason::PeerClosed
             | CloseReason::Handler
             | CloseReason::InputLimit

@@ -121,6 +121,8 @@ engine_block!(
     reads_paused,
     stale_completions,
     input_limit_closes,
+    send_timeouts,
+    discard_limits,
     handler_panics,
     teardown_panics,
     messages,
@@ -154,6 +156,8 @@ impl EngineBlock {
         self.reads_paused.store(s.reads_paused, Relaxed);
         self.stale_completions.store(s.stale_completions, Relaxed);
         self.input_limit_closes.store(s.input_limit_closes, Relaxed);
+        self.send_timeouts.store(s.send_timeouts, Relaxed);
+        self.discard_limits.store(s.discard_limits, Relaxed);
         self.handler_panics.store(s.handler_panics, Relaxed);
         self.teardown_panics.store(s.teardown_panics, Relaxed);
         self.messages_undelivered
@@ -496,6 +500,18 @@ const FAMILIES: &[Family] = &[
         kind: "counter",
         help: "Times a connection stopped being read because its unsent output passed the limit.",
         value: |w| w.stats.reads_paused,
+    },
+    Family {
+        name: "gracering_send_timeouts_total",
+        kind: "counter",
+        help: "Connections closed because their output made no progress for the send timeout.",
+        value: |w| w.stats.send_timeouts,
+    },
+    Family {
+        name: "gracering_discard_limits_total",
+        kind: "counter",
+        help: "Closing connections that stopped reading after dropping the most input they may.",
+        value: |w| w.stats.discard_limits,
     },
     Family {
         name: "gracering_stale_completions_total",

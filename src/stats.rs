@@ -27,6 +27,12 @@ pub struct WorkerStats {
     pub stale_completions: u64,
     /// Connections closed because the handler left too much input unconsumed.
     pub input_limit_closes: u64,
+    /// Connections closed because their output made no progress for the send timeout
+    /// ([`Builder::send_timeout`](crate::Builder::send_timeout)).
+    pub send_timeouts: u64,
+    /// Closing connections that stopped reading after dropping the most input a
+    /// closing connection reads ([`Builder::max_discard`](crate::Builder::max_discard)).
+    pub discard_limits: u64,
     /// Handler callbacks that panicked (each closed its connection).
     pub handler_panics: u64,
     /// Teardowns that panicked (the ones after them still ran).
@@ -70,7 +76,8 @@ pub struct ClosedBy {
     pub peer_closed: u64,
     /// The peer reset the connection.
     pub reset: u64,
-    /// The socket failed with an OS error (timeouts and unreachable peers included).
+    /// The socket failed with an OS error (timeouts, send timeouts and unreachable peers
+    /// included).
     pub error: u64,
     /// The handler asked to close.
     pub handler: u64,
@@ -94,7 +101,9 @@ impl ClosedBy {
             R::InputLimit => &mut self.input_limit,
             R::Shutdown => &mut self.shutdown,
             R::HandlerPanic => &mut self.handler_panic,
-            R::Error(_) | R::Refused | R::Unreachable | R::TimedOut => &mut self.error,
+            R::Error(_) | R::Refused | R::Unreachable | R::TimedOut | R::SendTimeout => {
+                &mut self.error
+            }
         };
         *n += 1;
     }
@@ -134,6 +143,8 @@ impl WorkerStats {
         self.reads_paused += other.reads_paused;
         self.stale_completions += other.stale_completions;
         self.input_limit_closes += other.input_limit_closes;
+        self.send_timeouts += other.send_timeouts;
+        self.discard_limits += other.discard_limits;
         self.handler_panics += other.handler_panics;
         self.teardown_panics += other.teardown_panics;
         self.messages += other.messages;
@@ -158,7 +169,8 @@ impl fmt::Display for WorkerStats {
             f,
             "{{\"accepted\":{},\"closed\":{},\"accept_backoffs\":{},\"accept_errors\":{},\
              \"recv_no_buffers\":{},\"reads_paused\":{},\"stale_completions\":{},\
-             \"input_limit_closes\":{},\"handler_panics\":{},\"teardown_panics\":{},\
+             \"input_limit_closes\":{},\"send_timeouts\":{},\"discard_limits\":{},\
+             \"handler_panics\":{},\"teardown_panics\":{},\
              \"messages\":{},\"messages_undelivered\":{},\"wakeups\":{},\"bytes_in\":{},\
              \"bytes_out\":{},\"outbound_connects\":{},\"outbound_connected\":{},\
              \"outbound_failed\":{},\"outbound_closed\":{},\"outbound_cut\":{},\
@@ -171,6 +183,8 @@ impl fmt::Display for WorkerStats {
             self.reads_paused,
             self.stale_completions,
             self.input_limit_closes,
+            self.send_timeouts,
+            self.discard_limits,
             self.handler_panics,
             self.teardown_panics,
             self.messages,

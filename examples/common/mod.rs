@@ -26,12 +26,13 @@ pub struct ServerArgs {
     pub drain_delay: Option<Duration>,
     pub grace_period: Option<Duration>,
     pub linger: Option<Duration>,
+    pub send_timeout: Option<Duration>,
     pub upgrade_socket: Option<std::path::PathBuf>,
     pub upgrade_from: Option<std::path::PathBuf>,
 }
 
 pub const SERVER_USAGE: &str = "[--addr IP:PORT] [--workers N] [--backlog N] \
-[--drain-delay DUR] [--grace-period DUR] [--linger DUR] [--upgrade-socket PATH] \
+[--drain-delay DUR] [--grace-period DUR] [--linger DUR] [--send-timeout DUR] [--upgrade-socket PATH] \
 [--upgrade-from PATH]   (DUR: 500ms, 25s, 1m)";
 
 impl ServerArgs {
@@ -49,6 +50,7 @@ impl ServerArgs {
             "--drain-delay" => self.drain_delay = Some(parse_duration(&value()?).map_err(bad)?),
             "--grace-period" => self.grace_period = Some(parse_duration(&value()?).map_err(bad)?),
             "--linger" => self.linger = Some(parse_duration(&value()?).map_err(bad)?),
+            "--send-timeout" => self.send_timeout = Some(parse_duration(&value()?).map_err(bad)?),
             "--upgrade-socket" => self.upgrade_socket = Some(value()?.into()),
             "--upgrade-from" => self.upgrade_from = Some(value()?.into()),
             _ => return Ok(false),
@@ -71,6 +73,9 @@ impl ServerArgs {
         }
         if let Some(d) = self.grace_period {
             b = b.grace_period(d);
+        }
+        if let Some(d) = self.send_timeout {
+            b = b.send_timeout(d);
         }
         if let Some(d) = self.linger {
             b = b.linger(d);

@@ -141,6 +141,16 @@ pub(crate) struct Connection<S> {
     pub timer_at: Option<Instant>,
     /// The earliest deadline at which the timer wheel holds an entry for this connection.
     pub timer_filed: Option<Instant>,
+    /// When its output last made progress (or began to wait to be sent).
+    pub progress_at: Instant,
+    /// The send timeout's queue holds an entry for this connection.
+    pub stall_watched: bool,
+    /// Input read and dropped since it began to close.
+    pub discarded: usize,
+    /// It dropped all the input a closing connection may: reading stopped for good.
+    pub discard_full: bool,
+    /// Bytes came in or went out after the drain reached it: it was not idle then.
+    pub worked_in_drain: bool,
 }
 
 impl<S> Connection<S> {
@@ -177,6 +187,11 @@ impl<S> Connection<S> {
             last_input: now,
             timer_at: None,
             timer_filed: None,
+            progress_at: now,
+            stall_watched: false,
+            discarded: 0,
+            discard_full: false,
+            worked_in_drain: false,
         }
     }
 
@@ -237,8 +252,8 @@ impl<S> Connection<S> {
     /// Whether a receive should be in flight now.
     pub fn wants_read(&self) -> bool {
         match self.closing {
-            Closing::Open => !self.read_done && !self.paused,
-            Closing::AfterFlush(_) | Closing::Lingering(_) => !self.read_done,
+            Closing::Open => !self.read_done && !self.paused && !self.discard_full,
+            Closing::AfterFlush(_) | Closing::Lingering(_) => !self.read_done && !self.discard_full,
             Closing::Now(_) | Closing::Submitted(_) => false,
         }
     }
@@ -315,7 +330,7 @@ impl<S> Connection<S> {
             && self.out.is_empty()
         {
             let silent = linger.now.saturating_duration_since(self.last_input);
-            if self.read_done {
+            if self.read_done || self.discard_full {
                 self.closing = Closing::Now(reason);
             } else if silent >= linger.time {
                 // Silent for a whole linger already: no byte of the peer is on the way.

@@ -23,6 +23,7 @@ mod links;
 mod messages;
 mod note;
 mod shutdown;
+mod stall;
 mod timer;
 
 use std::mem;
@@ -45,6 +46,7 @@ use crate::stats::{WorkerDrain, WorkerStats};
 use conn::{Closing, Connection, Linger, NO_LINK, Recv};
 use links::LinkSlot;
 pub(crate) use note::{Callback, Note, panic_message};
+use stall::Stalls;
 use timer::Wheel;
 
 /// The accept side of a worker: whether an accept is in the kernel, and the back-off
@@ -62,6 +64,7 @@ struct Acceptor {
 struct Limits {
     max_unsent: usize,
     max_pending_input: usize,
+    max_discard: usize,
     backoff_min: Duration,
     backoff_max: Duration,
     drain_delay: Duration,
@@ -81,6 +84,8 @@ pub(crate) struct Engine<H: Handler> {
     next_generation: u32,
     acceptor: Acceptor,
     linger: Linger,
+    /// Connections with output in flight, for the send timeout.
+    stalls: Stalls,
     limits: Limits,
     shared: Arc<Shared>,
     drain: Drain,
@@ -146,9 +151,11 @@ impl<H: Handler> Engine<H> {
             next_generation: 0,
             acceptor: Acceptor::default(),
             linger: Linger::new(config.linger, now),
+            stalls: Stalls::new(config.send_timeout),
             limits: Limits {
                 max_unsent: config.max_unsent,
                 max_pending_input: config.max_pending_input,
+                max_discard: config.max_discard,
                 backoff_min: config.accept_backoff_min,
                 backoff_max: config.accept_backoff_max,
                 drain_delay: config.drain_delay,
@@ -250,11 +257,43 @@ impl<H: Handler> Engine<H> {
                 c.end_linger(q, &mut self.linger);
             }
         }
+        if self.stalls.next_deadline().is_some_and(|at| at <= now) {
+            self.check_stalls(now, q);
+        }
         if self.drain.next_deadline().is_some_and(|at| at <= now) {
             self.tick(now, q);
         }
         if self.timers.next_deadline().is_some_and(|at| at <= now) {
             self.fire_timers(now, q);
+        }
+    }
+
+    /// Closes the connections whose output made no progress for the send timeout.
+    fn check_stalls(&mut self, now: Instant, q: &mut impl Intents) {
+        let time = self.stalls.time;
+        while let Some(conn) = self.stalls.expired(now) {
+            let Some(c) = self
+                .conns
+                .get_mut(conn.key as usize)
+                .filter(|c| c.generation == conn.generation)
+            else {
+                continue; // closed since
+            };
+            c.stall_watched = false;
+            if c.unsent() == 0 || matches!(c.closing, Closing::Now(_) | Closing::Submitted(_)) {
+                continue;
+            }
+            if now.saturating_duration_since(c.progress_at) < time {
+                c.stall_watched = true;
+                self.stalls.watch(conn, c.progress_at);
+                continue;
+            }
+            if c.link == NO_LINK {
+                self.stats.send_timeouts += 1;
+                // Output dropped during the drain: a response that never arrived.
+                c.aborted |= self.drain.draining();
+            }
+            c.begin_close(CloseReason::SendTimeout, false, q, &mut self.linger);
         }
     }
 
@@ -332,6 +371,7 @@ impl<H: Handler> Engine<H> {
             self.next_retry(),
             self.acceptor.retry_at,
             self.linger.next_deadline(),
+            self.stalls.next_deadline(),
             self.drain.next_deadline(),
             self.timers.next_deadline(),
         ]
@@ -383,6 +423,12 @@ impl<H: Handler> Engine<H> {
             c.flush_queued = false;
             let flushing = matches!(c.closing, Closing::Open | Closing::AfterFlush(_));
             if !c.sending && !c.out.is_empty() && flushing {
+                if !c.stall_watched {
+                    c.progress_at = self.linger.now;
+                    c.stall_watched = true;
+                    self.stalls.watch(c.conn_ref(), self.linger.now);
+                }
+                c.worked_in_drain |= self.drain.draining();
                 let buf = mem::take(&mut c.out);
                 c.inflight = buf.len();
                 c.sending = true;
@@ -525,8 +571,18 @@ impl<H: Handler> Engine<H> {
             return self.link_received(key, data, q);
         }
         self.stats.bytes_in += data.len() as u64;
+        c.worked_in_drain |= draining;
         if c.closing != Closing::Open || c.close_requested == CloseRequest::AfterFlush {
-            return; // closing: input is read only so that the close does not reset
+            // Closing: input is read only so that the close does not reset, and only
+            // so much of it.
+            c.discarded = c.discarded.saturating_add(data.len());
+            if c.discarded > self.limits.max_discard && !c.discard_full {
+                c.discard_full = true;
+                self.stats.discard_limits += 1;
+                c.cancel_recv(q);
+                c.end_linger(q, &mut self.linger);
+            }
+            return;
         }
         let fed = feed_handler(
             &mut self.handler,
@@ -597,6 +653,7 @@ impl<H: Handler> Engine<H> {
                     self.stats.outbound_bytes_out += n as u64;
                 }
                 buf.pos += n;
+                c.progress_at = self.linger.now;
                 if buf.pos < buf.buf.len() && !matches!(c.closing, Closing::Now(_)) {
                     c.inflight = buf.buf.len() - buf.pos;
                     c.sending = true;

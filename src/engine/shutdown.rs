@@ -228,7 +228,9 @@ impl<H: Handler> Engine<H> {
     pub(super) fn count_drained(&mut self, c: &Connection<H::State>) {
         if c.aborted {
             self.drain_counts.aborted += 1;
-        } else if c.idle_at_drain == Some(true) {
+        } else if c.idle_at_drain == Some(true) && !c.worked_in_drain {
+            // Idle when the drain reached it and nothing came or went since (a request
+            // that arrived later, or a deferred answer, makes it a drained one).
             self.drain_counts.closed_idle += 1;
         } else if self.drain.draining() {
             self.drain_counts.drained += 1;
