@@ -11,7 +11,7 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::contract::{ConnRef, Driver, Event, Intents, OutBuf};
+use crate::contract::{BacklogEnd, ConnRef, Driver, Event, Intents, OutBuf};
 use crate::engine::Engine;
 use crate::handler::{Conn, Handler, Worker};
 use crate::mailbox;
@@ -91,8 +91,8 @@ impl Intents for Parked {
     fn cancel_connect(&mut self, _conn: ConnRef) {}
     fn shutdown_write_now(&mut self, _conn: ConnRef, _fd: RawFd) {}
     fn shutdown_both_now(&mut self, _conn: ConnRef, _fd: RawFd) {}
-    fn close_listener_now(&mut self, _backlog: &mut Vec<RawFd>) -> Option<i32> {
-        None
+    fn close_listener_now(&mut self, _backlog: &mut Vec<RawFd>, _give_up: bool) -> BacklogEnd {
+        BacklogEnd::Closed
     }
 }
 

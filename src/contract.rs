@@ -144,10 +144,26 @@ pub(crate) trait Intents {
     /// Synchronous: shut down both directions now (FIN; a receive in flight ends with
     /// EOF, reported by its [`Event::RecvEnded`]).
     fn shutdown_both_now(&mut self, conn: ConnRef, fd: RawFd);
-    /// Synchronous: accept what waits in the listen backlog (non-blocking, until EAGAIN)
-    /// into `backlog`, then close the listening socket. Returns the errno that stopped
-    /// the backlog early (EMFILE, say), if one did.
-    fn close_listener_now(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32>;
+    /// Synchronous: refuse new handshakes, accept what waits in the listen backlog
+    /// (non-blocking, until EAGAIN) into `backlog`, and close the listening socket once
+    /// its queue is empty. Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+    /// ENOMEM) the listener stays open, its queue intact, for a later call
+    /// ([`BacklogEnd::Waiting`]); with `give_up`, nothing more is accepted and the
+    /// listener is closed, resetting what is still queued ([`BacklogEnd::GaveUp`]).
+    fn close_listener_now(&mut self, backlog: &mut Vec<RawFd>, give_up: bool) -> BacklogEnd;
+}
+
+/// How [`Intents::close_listener_now`] left the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BacklogEnd {
+    /// Its queue is empty (or another process's to serve): closed.
+    Closed,
+    /// Accepting failed with this errno for lack of descriptors or memory: still open,
+    /// connections still queued.
+    Waiting(i32),
+    /// Closed with `lost` connections still queued (reset by the close); `errno` is the
+    /// failure that stopped the backlog, 0 when it was given up on.
+    GaveUp { errno: i32, lost: usize },
 }
 
 /// A backend as the worker loop drives it: the only code that touches the kernel.

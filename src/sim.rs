@@ -42,7 +42,7 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use crate::config::{Builder, Config};
-use crate::contract::{ConnRef, Driver, Event, Intents, OutBuf, RecvEnd};
+use crate::contract::{BacklogEnd, ConnRef, Driver, Event, Intents, OutBuf, RecvEnd};
 use crate::engine::Engine;
 use crate::handler::{Handler, Worker};
 use crate::mailbox::{self, Mailbox};
@@ -247,14 +247,19 @@ impl Intents for Kernel {
         }
     }
 
-    fn close_listener_now(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32> {
+    fn close_listener_now(&mut self, backlog: &mut Vec<RawFd>, give_up: bool) -> BacklogEnd {
         self.ops += 1;
         self.listening = false;
+        if give_up {
+            let lost = self.accept_queue.len();
+            self.accept_queue.clear();
+            return BacklogEnd::GaveUp { errno: 0, lost };
+        }
         while let Some(index) = self.accept_queue.pop_front() {
             let fd = self.accept_peer(index);
             backlog.push(fd);
         }
-        None
+        BacklogEnd::Closed
     }
 }
 

@@ -21,6 +21,123 @@ fn echoes_within(s: &mut TcpStream, timeout: Duration) -> bool {
     ok
 }
 
+/// Limits the example's descriptors to [`NOFILE`].
+fn limit_descriptors(cmd: &mut std::process::Command) {
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // setrlimit, which is async-signal-safe; the struct lives on its stack.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: NOFILE,
+                rlim_max: NOFILE,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Opens connections that each send "ping" until the server stops answering (out of
+/// descriptors): the served ones, then `extra` more that wait in the backlog.
+fn exhaust(addr: std::net::SocketAddr, extra: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
+    let (mut served, mut queued) = (Vec::new(), Vec::new());
+    while queued.len() < extra {
+        assert!(
+            served.len() < 4 * NOFILE as usize,
+            "the server never ran out"
+        );
+        let mut s = connect(addr);
+        s.write_all(b"ping").unwrap();
+        if queued.is_empty() && echoes_within(&mut s, Duration::from_millis(500)) {
+            served.push(s);
+        } else {
+            queued.push(s);
+        }
+    }
+    (served, queued)
+}
+
+/// SIGTERM while out of descriptors with clients in the backlog: the idle connections
+/// close first, the backlog is accepted as their descriptors free up, and every queued
+/// client is served and then closed in order (before: the listener was closed while
+/// accepting the backlog failed with EMFILE, the queued clients were reset, and the
+/// report said 0 aborted, exit 0).
+#[test]
+fn the_drain_serves_the_backlog_as_descriptors_free_up() {
+    let mut server = spawn_example(
+        "echo",
+        &[
+            "--workers",
+            "1",
+            "--drain-delay",
+            "0ms",
+            "--grace-period",
+            "10s",
+        ],
+        limit_descriptors,
+    );
+    let (served, mut queued) = exhaust(server.addr, 20);
+    assert!(server.wait_for_stderr("backing off", Duration::from_secs(2)));
+    server.signal(libc::SIGTERM);
+    for (i, s) in queued.iter_mut().enumerate() {
+        assert!(
+            echoes_within(s, Duration::from_secs(5)),
+            "queued connection {i} was not served: {:?}",
+            server.stderr_lines()
+        );
+        let mut rest = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let end = s.read_to_end(&mut rest);
+        assert!(
+            end.is_ok(),
+            "queued connection {i} ended with {end:?}, not a FIN"
+        );
+    }
+    let (code, _) = server.wait_exit(Duration::from_secs(10));
+    let report = server.drain_report();
+    drop(served);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("\"aborted\":0"), "{report}");
+}
+
+/// Forced before descriptors free up: what is still queued is reset, and the report
+/// and the exit code say so.
+#[test]
+fn a_backlog_given_up_on_is_counted_as_aborted() {
+    let mut server = spawn_example(
+        "echo",
+        &[
+            "--workers",
+            "1",
+            "--drain-delay",
+            "0ms",
+            "--grace-period",
+            "10s",
+        ],
+        limit_descriptors,
+    );
+    // The idle connections linger after their FIN (the clients keep their sockets
+    // open), so their descriptors free up a linger later: the second signal lands
+    // before that.
+    let (_served, _queued) = exhaust(server.addr, 10);
+    assert!(server.wait_for_stderr("backing off", Duration::from_secs(2)));
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_for_stderr("backlog waits", Duration::from_secs(5)));
+    server.signal(libc::SIGTERM);
+    let (code, _) = server.wait_exit(Duration::from_secs(10));
+    let report = server.drain_report();
+    assert_eq!(code, Some(3), "{report}");
+    let aborted = json_number(&report, "aborted");
+    assert!(aborted >= 10.0, "{aborted} aborted: {report}");
+    assert!(
+        server.wait_for_stderr("queued connections reset", Duration::from_secs(1)),
+        "{:?}",
+        server.stderr_lines()
+    );
+}
+
 #[test]
 fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
     let server = spawn_example("echo", &["--workers", "1"], |cmd| {

@@ -57,6 +57,10 @@ struct Acceptor {
     backoff: Option<Duration>,
     retry_at: Option<Instant>,
     listener_closed: bool,
+    /// Stopping: the backlog waits for descriptors, the listener is still open.
+    backlog_waiting: bool,
+    /// Connections taken from the backlog while stopping.
+    from_backlog: usize,
 }
 
 /// Settings the engine reads on its paths.
@@ -247,6 +251,8 @@ impl<H: Handler> Engine<H> {
             self.acceptor.retry_at = None;
             if !self.drain.accept_closed() {
                 self.arm_accept(q);
+            } else if self.acceptor.backlog_waiting {
+                self.finish_stop_accepting(q);
             }
         }
         if self.next_retry().is_some_and(|at| at <= now) {
@@ -707,6 +713,9 @@ impl<H: Handler> Engine<H> {
                 self.stats.handler_panics += 1;
                 self.notes.push(*note);
             }
+        }
+        if self.acceptor.backlog_waiting {
+            self.finish_stop_accepting(q); // a descriptor is free: the backlog's turn
         }
         self.check_drained(q);
     }

@@ -51,7 +51,10 @@ pub(crate) enum Note {
     /// A second signal forced the drain.
     DrainForced { trigger: Trigger, live: u64 },
     /// Accepting the backlog stopped early on an error.
-    BacklogStopped { errno: i32 },
+    BacklogStopped { errno: i32, lost: usize },
+    /// Accepting the backlog ran out of descriptors: the listener stays open with its
+    /// queue, taken as connections close.
+    BacklogWaiting { errno: i32, open: usize },
     /// The listener is closed; `from_backlog` connections came from its queue.
     AcceptStopped { from_backlog: usize, open: usize },
     /// The grace period is over (or the drain was forced): connections cut.
@@ -105,9 +108,19 @@ impl fmt::Display for Note {
                 "second {}, closing {live} connections now",
                 trigger.as_str()
             ),
-            Note::BacklogStopped { errno } => write!(
+            Note::BacklogStopped { errno: 0, lost } => write!(
                 f,
-                "backlog accept stopped early: {}",
+                "backlog given up (drain forced): {lost} queued connections reset"
+            ),
+            Note::BacklogStopped { errno, lost } => write!(
+                f,
+                "backlog accept stopped early: {}; {lost} queued connections reset",
+                io::Error::from_raw_os_error(*errno)
+            ),
+            Note::BacklogWaiting { errno, open } => write!(
+                f,
+                "backlog waits for descriptors ({}): telling the {open} open connections \
+                 first, accepting as they close",
                 io::Error::from_raw_os_error(*errno)
             ),
             Note::AcceptStopped { from_backlog, open } => write!(
@@ -152,6 +165,7 @@ impl Note {
             Note::DrainBegan { .. }
             | Note::DrainForced { .. }
             | Note::BacklogStopped { .. }
+            | Note::BacklogWaiting { .. }
             | Note::AcceptStopped { .. }
             | Note::Cutting { .. }
             | Note::LastClosed { .. }
@@ -168,6 +182,7 @@ impl Note {
         match self {
             Note::AcceptBackingOff { .. }
             | Note::BacklogStopped { .. }
+            | Note::BacklogWaiting { .. }
             | Note::Cutting { .. }
             | Note::SignalIgnored { .. }
             | Note::HandlerPanic { .. } => true,

@@ -2,11 +2,11 @@
 //! state machine ([`crate::drain`]) and carries out the steps it returns on the
 //! connections, the accept and the registered resources.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::conn::NO_LINK;
 use super::{Callback, Engine, Note, Resource, after_handler, contain, guarded};
-use crate::contract::{ConnRef, Intents};
+use crate::contract::{BacklogEnd, ConnRef, Intents};
 use crate::drain::{Input, Phase, Steps};
 use crate::handler::{CloseReason, Handler, Teardown};
 use crate::outbound::LinkId;
@@ -101,6 +101,9 @@ impl<H: Handler> Engine<H> {
         }
         if abort_connections {
             self.abort_connections(q);
+            if self.acceptor.backlog_waiting {
+                self.finish_stop_accepting(q); // forced: the queue is given up on
+            }
             if self.drain.tearing_down() {
                 self.cut_links(q);
             }
@@ -120,20 +123,45 @@ impl<H: Handler> Engine<H> {
         }
     }
 
-    /// The accept is no longer in flight: serve the backlog, close the listener.
+    /// The accept is no longer in flight: serve the backlog, close the listener. Out of
+    /// descriptors, the listener stays open with its queue while the open connections
+    /// are told of the drain (the idle ones close, freeing descriptors), and the backlog
+    /// is taken again as connections close (and on a timer), until it is empty or the
+    /// drain is forced; what is then still queued is counted as aborted.
     pub(super) fn finish_stop_accepting(&mut self, q: &mut impl Intents) {
         if self.acceptor.listener_closed {
             return;
         }
-        self.acceptor.listener_closed = true;
         let mut backlog = Vec::new();
-        if let Some(errno) = q.close_listener_now(&mut backlog) {
-            self.notes.push(Note::BacklogStopped { errno });
-        }
-        let from_backlog = backlog.len();
+        let end = q.close_listener_now(&mut backlog, self.drain.forced());
+        self.acceptor.from_backlog += backlog.len();
         for fd in backlog {
             self.on_accepted(fd, q);
         }
+        match end {
+            BacklogEnd::Waiting(errno) => {
+                if !self.acceptor.backlog_waiting {
+                    self.acceptor.backlog_waiting = true;
+                    self.notes.push(Note::BacklogWaiting {
+                        errno,
+                        open: self.inbound,
+                    });
+                }
+                self.notify_connections(q);
+                let retry = self.limits.backoff_max.min(Duration::from_millis(100));
+                self.acceptor.retry_at = Some(crate::clock::after(self.linger.now, retry));
+                return;
+            }
+            BacklogEnd::Closed => {}
+            BacklogEnd::GaveUp { errno, lost } => {
+                self.drain_counts.aborted += lost as u64;
+                self.notes.push(Note::BacklogStopped { errno, lost });
+            }
+        }
+        self.acceptor.listener_closed = true;
+        self.acceptor.backlog_waiting = false;
+        self.acceptor.retry_at = None;
+        let from_backlog = self.acceptor.from_backlog;
         self.notes.push(Note::AcceptStopped {
             from_backlog,
             open: self.inbound,
@@ -184,6 +212,9 @@ impl<H: Handler> Engine<H> {
             else {
                 continue;
             };
+            if c.idle_at_drain.is_some() {
+                continue; // told already (while the backlog waited for descriptors)
+            }
             c.idle_at_drain = Some(c.is_idle());
             if c.closing != Closing::Open {
                 continue;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::Config;
+use crate::contract::BacklogEnd;
 use crate::handler::{CloseReason, Conn, Handler};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -62,10 +63,10 @@ impl Intents for Rec {
     fn cancel_accept(&mut self) {
         self.ops.push(Op::CancelAccept);
     }
-    fn close_listener_now(&mut self, backlog: &mut Vec<i32>) -> Option<i32> {
+    fn close_listener_now(&mut self, backlog: &mut Vec<i32>, _give_up: bool) -> BacklogEnd {
         self.ops.push(Op::CloseListener);
         backlog.append(&mut self.backlog);
-        None
+        BacklogEnd::Closed
     }
     fn wake_workers(&mut self) {
         self.ops.push(Op::WakeWorkers);

@@ -25,7 +25,7 @@ use super::signal::{SIGINFO_SIZE, signo};
 use super::socket;
 use super::syscall::syscall;
 use super::token::{Kind, NO_CONN, decode, encode};
-use crate::contract::{ConnRef, Driver, Event, Intents, OutBuf, RecvEnd};
+use crate::contract::{BacklogEnd, ConnRef, Driver, Event, Intents, OutBuf, RecvEnd};
 use crate::shared::Shared;
 
 /// How much one read takes at most (one buffer, reused for every connection).
@@ -627,16 +627,18 @@ impl Intents for EpollQueue {
         }
     }
 
-    fn close_listener_now(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32> {
-        let listener = self.listener.take()?;
-        socket::refuse_new_handshakes(&listener);
+    fn close_listener_now(&mut self, backlog: &mut Vec<RawFd>, give_up: bool) -> BacklogEnd {
         let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
-        let stopped = socket::accept_all(&listener, flags, backlog);
+        let end = socket::close_listener(&mut self.listener, backlog, give_up, flags);
         for &fd in backlog.iter() {
             self.fds.insert(fd);
         }
-        drop(listener);
-        stopped
+        if let (BacklogEnd::Waiting(_), Some(l)) = (end, &self.listener) {
+            // Level-triggered (a shared listener) it would wake the loop at once, again
+            // and again: the engine retries on its own (a close, a timer).
+            let _ = self.ctl(libc::EPOLL_CTL_DEL, l.as_raw_fd(), 0, 0);
+        }
+        end
     }
 
     fn wake_workers(&mut self) {

@@ -94,6 +94,60 @@ pub(crate) fn accept_all(
     }
 }
 
+/// Accepts the backlog for [`Intents::close_listener_now`](crate::contract::Intents::close_listener_now)
+/// (both kernel backends): what the listener's queue holds goes into `accepted`, the
+/// listener is dropped once the queue is empty or when `give_up`, and kept while
+/// descriptors or memory run out.
+pub(crate) fn close_listener(
+    listener: &mut Option<Listener>,
+    accepted: &mut Vec<RawFd>,
+    give_up: bool,
+    flags: libc::c_int,
+) -> crate::contract::BacklogEnd {
+    use crate::contract::BacklogEnd;
+    let Some(l) = listener.as_ref() else {
+        return BacklogEnd::Closed;
+    };
+    refuse_new_handshakes(l);
+    let errno = if give_up {
+        0
+    } else {
+        match accept_all(l, flags, accepted) {
+            None => {
+                drop(listener.take());
+                return BacklogEnd::Closed;
+            }
+            Some(e @ (libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                return BacklogEnd::Waiting(e);
+            }
+            Some(e) => e,
+        }
+    };
+    let lost = if l.held_by_others() {
+        0
+    } else {
+        queued(l.as_raw_fd())
+    };
+    drop(listener.take());
+    BacklogEnd::GaveUp { errno, lost }
+}
+
+/// How many connections wait in a listening socket's accept queue (`tcpi_unacked` of a
+/// listener, as `ss` shows it), 0 if the kernel does not say.
+pub(crate) fn queued(listener: RawFd) -> usize {
+    // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let ptr = (&raw mut info).cast();
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large.
+    let r = unsafe { libc::getsockopt(listener, libc::IPPROTO_TCP, libc::TCP_INFO, ptr, &mut len) };
+    if r == 0 {
+        info.tcpi_unacked as usize
+    } else {
+        0
+    }
+}
+
 /// One non-blocking `accept4` on a listener: the new descriptor, or the errno.
 pub(crate) fn accept(listener: RawFd, flags: libc::c_int) -> Result<RawFd, i32> {
     let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());

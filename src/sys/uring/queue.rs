@@ -13,7 +13,7 @@ use io_uring::squeue::{Entry, Flags};
 use io_uring::{Submitter, opcode, squeue::SubmissionQueue, types::Fd};
 use socket2::SockAddr;
 
-use crate::contract::{ConnRef, Intents, OutBuf};
+use crate::contract::{BacklogEnd, ConnRef, Intents, OutBuf};
 use crate::shared::Shared;
 use crate::sys::fds::OpenFds;
 use crate::sys::socket;
@@ -307,15 +307,13 @@ impl Intents for UringQueue<'_> {
         socket::shutdown(fd, libc::SHUT_RDWR);
     }
 
-    fn close_listener_now(&mut self, backlog: &mut Vec<RawFd>) -> Option<i32> {
-        let listener = self.st.listener.take()?;
-        socket::refuse_new_handshakes(&listener);
-        let stopped = socket::accept_all(&listener, libc::SOCK_CLOEXEC, backlog);
+    fn close_listener_now(&mut self, backlog: &mut Vec<RawFd>, give_up: bool) -> BacklogEnd {
+        let flags = libc::SOCK_CLOEXEC;
+        let end = socket::close_listener(&mut self.st.listener, backlog, give_up, flags);
         for &fd in backlog.iter() {
             self.st.fds.insert(fd);
         }
-        drop(listener);
-        stopped
+        end
     }
 }
 
