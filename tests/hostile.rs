@@ -309,3 +309,37 @@ fn a_deferred_answer_during_the_drain_counts_as_drained() {
         "{report}"
     );
 }
+
+/// The drain's clock starts when the process received the signal, not when a busy
+/// worker got to read it: a worker stalled for 1.5 s (the example's debug route, which
+/// blocks the loop) with SIGTERM arriving 300 ms into the stall reports a drain of at
+/// least the rest of the stall (before: about 0 ms, from when the ring was read).
+#[test]
+fn the_drain_duration_counts_from_the_signal() {
+    let mut server = spawn_example(
+        "http",
+        &["--workers", "1", "--drain-delay", "0ms", "--debug-stall"],
+        |_| {},
+    );
+    let mut s = connect(server.addr);
+    s.write_all(b"GET /debug/stall?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(support::observe::wait_server_read(
+        &s,
+        Duration::from_secs(5)
+    ));
+    thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    let resp = read_response(&mut BufReader::new(s.try_clone().unwrap())).unwrap();
+    let stall_left = signalled.elapsed();
+    let (code, _) = server.wait_exit(Duration::from_secs(10));
+    let report = server.drain_report();
+    assert_eq!(resp.status, 200, "{report}");
+    assert_eq!(code, Some(0), "{report}");
+    let reported = json_number(&report, "duration_ms");
+    assert!(
+        reported >= stall_left.as_secs_f64() * 1000.0 - 50.0,
+        "the drain reported {reported} ms; the signal came {stall_left:?} before the answer"
+    );
+}

@@ -104,6 +104,10 @@ pub(crate) struct Engine<H: Handler> {
     /// checked again at the end of the next one.
     idle_watch: Vec<u32>,
     turn: u64,
+    /// When the turn before this one began.
+    prev_turn_at: Instant,
+    /// When the worker entered its last wait in the kernel, if that wait could block.
+    wait_began: Option<Instant>,
     stats: WorkerStats,
     /// What happened that the worker should log, oldest first.
     notes: Vec<Note>,
@@ -173,6 +177,8 @@ impl<H: Handler> Engine<H> {
             due: Vec::new(),
             idle_watch: Vec::new(),
             turn: 0,
+            prev_turn_at: now,
+            wait_began: None,
             stats: WorkerStats::default(),
             notes: Vec::new(),
             local,
@@ -243,6 +249,7 @@ impl<H: Handler> Engine<H> {
 
     /// Sets the turn's clock and fires the timers that are due.
     pub fn begin_turn(&mut self, now: Instant, q: &mut impl Intents) {
+        self.prev_turn_at = self.linger.now;
         self.linger.now = now;
         self.turn += 1;
         if let Some(at) = self.acceptor.retry_at
@@ -401,6 +408,23 @@ impl<H: Handler> Engine<H> {
                 self.stats.wakeups += 1;
                 self.sync_drain(q);
             }
+        }
+    }
+
+    /// The worker is about to wait in the kernel, from `at`, for as long as it may (not
+    /// called before a wait that returns at once).
+    pub fn waiting_from(&mut self, at: Option<Instant>) {
+        self.wait_began = at;
+    }
+
+    /// When a completion seen in this turn happened at the earliest: in the wait, if the
+    /// worker blocked in it (what woke it is what came, so at about `now`), else any
+    /// time since the turn before began (the worker was busy: the completion waited).
+    pub(super) fn happened_at_least_since(&self) -> Instant {
+        let now = self.linger.now;
+        match self.wait_began {
+            Some(w) if now.saturating_duration_since(w) > Duration::from_millis(1) => now,
+            _ => self.prev_turn_at.min(now),
         }
     }
 

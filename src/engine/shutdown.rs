@@ -42,7 +42,9 @@ impl<H: Handler> Engine<H> {
         let trigger = Trigger::from_signal(signo);
         let now = self.linger.now;
         if !self.shared.draining() {
-            if self.shared.begin(trigger, now) {
+            // The drain's clock starts when the process received the signal, not when
+            // a busy worker got to read it.
+            if self.shared.begin(trigger, self.happened_at_least_since()) {
                 q.wake_workers();
             }
         } else if self.shared.force(trigger, now) {
