@@ -106,8 +106,10 @@ pub(crate) struct Engine<H: Handler> {
     turn: u64,
     /// When the turn before this one began.
     prev_turn_at: Instant,
-    /// When the worker entered its last wait in the kernel, if that wait could block.
-    wait_began: Option<Instant>,
+    /// When the worker entered its last wait in the kernel, if that wait could block;
+    /// the outer `None` until the loop first says (the in-memory backend never does:
+    /// its turns are its waits).
+    wait_began: Option<Option<Instant>>,
     stats: WorkerStats,
     /// What happened that the worker should log, oldest first.
     notes: Vec<Note>,
@@ -414,7 +416,7 @@ impl<H: Handler> Engine<H> {
     /// The worker is about to wait in the kernel, from `at`, for as long as it may (not
     /// called before a wait that returns at once).
     pub fn waiting_from(&mut self, at: Option<Instant>) {
-        self.wait_began = at;
+        self.wait_began = Some(at);
     }
 
     /// When a completion seen in this turn happened at the earliest: in the wait, if the
@@ -423,8 +425,9 @@ impl<H: Handler> Engine<H> {
     pub(super) fn happened_at_least_since(&self) -> Instant {
         let now = self.linger.now;
         match self.wait_began {
-            Some(w) if now.saturating_duration_since(w) > Duration::from_millis(1) => now,
-            _ => self.prev_turn_at.min(now),
+            None => now,
+            Some(Some(w)) if now.saturating_duration_since(w) > Duration::from_millis(1) => now,
+            Some(_) => self.prev_turn_at.min(now),
         }
     }
 
