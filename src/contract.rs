@@ -144,6 +144,12 @@ pub(crate) trait Intents {
     /// Synchronous: shut down both directions now (FIN; a receive in flight ends with
     /// EOF, reported by its [`Event::RecvEnded`]).
     fn shutdown_both_now(&mut self, conn: ConnRef, fd: RawFd);
+    /// Synchronous: the connection's smoothed round-trip time as the kernel measured it,
+    /// if known (the in-memory backends know none).
+    fn rtt_now(&mut self, fd: RawFd) -> Option<std::time::Duration> {
+        let _ = fd;
+        None
+    }
     /// Synchronous: refuse new handshakes, accept what waits in the listen backlog
     /// (non-blocking, until EAGAIN) into `backlog`, and close the listening socket once
     /// its queue is empty. Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,

@@ -7,17 +7,20 @@
 //! Open ─▶ AfterFlush ─▶ Lingering ─────────────▶ Now ─▶ Submitted ─▶ (slot freed on Closed)
 //!         output still   FIN sent (shutdown);     no op in flight:
 //!         being sent;    input read and dropped   close issued
-//!         input dropped  until EOF or the linger
-//!                        time, so unread bytes
+//!         input dropped  until EOF, quiet, or the
+//!                        linger time, so unread bytes
 //!                        cannot turn the close
 //!                        into a reset
 //! ```
 //!
-//! A peer that already sent FIN, or that has been silent for at least the linger time,
-//! skips the linger (the close itself sends the FIN); an abort (reset, error, forced
+//! The linger is adaptive ([`Linger`]): it lasts while the peer may still send, and ends
+//! once both sides were quiet for a few of the connection's round trips (at most the
+//! linger time). A peer that already sent FIN, or that was quiet that long already,
+//! skips it (the close itself sends the FIN); an abort (reset, error, forced
 //! drain) goes straight to `Now`, cancelling what is in flight.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
@@ -44,7 +47,8 @@ pub(crate) enum Closing {
     Open,
     /// Close once every written byte is sent; further input is discarded.
     AfterFlush(CloseReason),
-    /// FIN sent; reading off what the peer still sends until EOF or the linger time.
+    /// FIN sent; reading off what the peer still sends until EOF, until both sides were
+    /// quiet for the connection's quiet time, or the linger time.
     Lingering(CloseReason),
     /// Close as soon as no operation is in flight; unsent output is dropped.
     Now(CloseReason),
@@ -52,13 +56,23 @@ pub(crate) enum Closing {
     Submitted(CloseReason),
 }
 
-/// The worker's lingering connections, in the order their linger ends (one fixed
-/// duration, so a queue keeps them sorted).
+/// The shortest quiet a lingering connection waits for, whatever its round trip.
+const QUIET_FLOOR: Duration = Duration::from_millis(10);
+/// A lingering connection's quiet, in round trips: its peer's bytes sent before our
+/// FIN reached it, or in answer to the last output, arrive well within it.
+const QUIET_RTTS: u32 = 8;
+
+/// The worker's lingering connections, by when each is next looked at.
+///
+/// Lingering is adaptive: a connection lingers while its peer may still send (it sent,
+/// or we did, within its quiet time, or bytes wait unread), and closes once both sides
+/// were quiet for that long: [`QUIET_RTTS`] of its round trip, at least [`QUIET_FLOOR`]
+/// (the whole linger where the round trip is unknown), and never past the linger time.
 #[derive(Debug)]
 pub(crate) struct Linger {
     pub time: Duration,
     pub now: Instant,
-    pub queue: VecDeque<(Instant, ConnRef)>,
+    queue: BinaryHeap<Reverse<(Instant, u32, u32)>>,
 }
 
 impl Linger {
@@ -66,23 +80,39 @@ impl Linger {
         Linger {
             time,
             now,
-            queue: VecDeque::new(),
+            queue: BinaryHeap::new(),
         }
     }
 
-    /// The connection whose linger ended by `now`, if any.
+    /// The quiet a connection with this round trip waits for.
+    pub fn quiet_for(&self, rtt: Option<Duration>) -> Duration {
+        match rtt {
+            Some(rtt) => rtt
+                .saturating_mul(QUIET_RTTS)
+                .max(QUIET_FLOOR)
+                .min(self.time),
+            None => self.time,
+        }
+    }
+
+    /// Looks at `conn` again at `at`.
+    pub fn check_at(&mut self, at: Instant, conn: ConnRef) {
+        self.queue.push(Reverse((at, conn.key, conn.generation)));
+    }
+
+    /// A connection due to be looked at by `now`, if any.
     pub fn expired(&mut self, now: Instant) -> Option<ConnRef> {
-        match self.queue.front() {
-            Some(&(at, conn)) if at <= now => {
-                self.queue.pop_front();
-                Some(conn)
+        match self.queue.peek() {
+            Some(&Reverse((at, key, generation))) if at <= now => {
+                self.queue.pop();
+                Some(ConnRef { key, generation })
             }
             _ => None,
         }
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.queue.front().map(|&(at, _)| at)
+        self.queue.peek().map(|&Reverse((at, _, _))| at)
     }
 }
 
@@ -151,6 +181,10 @@ pub(crate) struct Connection<S> {
     pub discard_full: bool,
     /// Bytes came in or went out after the drain reached it: it was not idle then.
     pub worked_in_drain: bool,
+    /// Lingering: when the FIN went, the quiet it waits for, and when it ends anyway.
+    pub linger_from: Instant,
+    pub linger_quiet: Duration,
+    pub linger_end: Instant,
 }
 
 impl<S> Connection<S> {
@@ -192,6 +226,9 @@ impl<S> Connection<S> {
             discarded: 0,
             discard_full: false,
             worked_in_drain: false,
+            linger_from: now,
+            linger_quiet: Duration::ZERO,
+            linger_end: now,
         }
     }
 
@@ -307,6 +344,36 @@ impl<S> Connection<S> {
         self.advance_close(q, linger);
     }
 
+    /// The last time either side sent: bytes came in, output made progress, or (while
+    /// lingering) the FIN went.
+    pub fn last_activity(&self) -> Instant {
+        let mut last = self.last_input.max(self.progress_at);
+        if matches!(self.closing, Closing::Lingering(_)) {
+            last = last.max(self.linger_from);
+        }
+        last
+    }
+
+    /// A lingering connection's check came due: it stops lingering if the linger time is
+    /// over or both sides have been quiet for its quiet time (and no byte waits unread),
+    /// else it is looked at again when that could be so.
+    pub fn linger_check(&mut self, q: &mut impl Intents, linger: &mut Linger) {
+        if !matches!(self.closing, Closing::Lingering(_)) {
+            return;
+        }
+        let now = linger.now;
+        let quiet_until = crate::clock::after(self.last_activity(), self.linger_quiet);
+        if now >= self.linger_end || (now >= quiet_until && !self.input_queued) {
+            return self.end_linger(q, linger);
+        }
+        let at = if self.input_queued {
+            crate::clock::after(now, self.linger_quiet)
+        } else {
+            quiet_until
+        };
+        linger.check_at(at.min(self.linger_end), self.conn_ref());
+    }
+
     /// The peer sent FIN (or the linger time is over): stop lingering.
     pub fn end_linger(&mut self, q: &mut impl Intents, linger: &mut Linger) {
         if let Closing::Lingering(reason) = self.closing {
@@ -329,11 +396,13 @@ impl<S> Connection<S> {
             && !self.sending
             && self.out.is_empty()
         {
-            let silent = linger.now.saturating_duration_since(self.last_input);
+            let quiet = linger.quiet_for(q.rtt_now(self.fd));
+            let silent = linger.now.saturating_duration_since(self.last_activity());
             if self.read_done || self.discard_full {
                 self.closing = Closing::Now(reason);
-            } else if silent >= linger.time {
-                // Silent for a whole linger already: no byte of the peer is on the way.
+            } else if silent >= quiet {
+                // Both sides quiet for the connection's quiet already: no byte of the
+                // peer is on the way.
                 // Shutting down both directions sends the FIN now and ends the receive
                 // in flight (it completes with EOF), which saves cancelling it.
                 self.closing = Closing::Now(reason);
@@ -344,10 +413,13 @@ impl<S> Connection<S> {
             } else {
                 self.closing = Closing::Lingering(reason);
                 q.shutdown_write_now(self.conn_ref(), self.fd);
-                linger.queue.push_back((
-                    crate::clock::after(linger.now, linger.time),
+                self.linger_from = linger.now;
+                self.linger_quiet = quiet;
+                self.linger_end = crate::clock::after(linger.now, linger.time);
+                linger.check_at(
+                    crate::clock::after(linger.now, quiet).min(self.linger_end),
                     self.conn_ref(),
-                ));
+                );
                 self.arm_recv(q);
             }
         }

@@ -268,8 +268,12 @@ impl<H: Handler> Engine<H> {
             self.retry_links(now, q);
         }
         while let Some(conn) = self.linger.expired(now) {
-            if let Some(c) = lookup(&mut self.conns, &mut self.stats, conn) {
-                c.end_linger(q, &mut self.linger);
+            if let Some(c) = self
+                .conns
+                .get_mut(conn.key as usize)
+                .filter(|c| c.generation == conn.generation)
+            {
+                c.linger_check(q, &mut self.linger);
             }
         }
         if self.stalls.next_deadline().is_some_and(|at| at <= now) {

@@ -596,6 +596,10 @@ impl Intents for EpollQueue {
         socket::shutdown(fd, libc::SHUT_WR);
     }
 
+    fn rtt_now(&mut self, fd: RawFd) -> Option<Duration> {
+        socket::rtt(fd)
+    }
+
     fn shutdown_both_now(&mut self, conn: ConnRef, fd: RawFd) {
         socket::shutdown(fd, libc::SHUT_RDWR);
         // The socket now reads EOF; no new edge may announce it.

@@ -135,17 +135,24 @@ pub(crate) fn close_listener(
 /// How many connections wait in a listening socket's accept queue (`tcpi_unacked` of a
 /// listener, as `ss` shows it), 0 if the kernel does not say.
 pub(crate) fn queued(listener: RawFd) -> usize {
+    tcp_info(listener).map_or(0, |info| info.tcpi_unacked as usize)
+}
+
+/// A connection's smoothed round-trip time (`tcpi_rtt`), if the kernel has one.
+pub(crate) fn rtt(fd: RawFd) -> Option<std::time::Duration> {
+    let info = tcp_info(fd)?;
+    (info.tcpi_rtt > 0).then(|| std::time::Duration::from_micros(info.tcpi_rtt.into()))
+}
+
+/// `getsockopt(TCP_INFO)`.
+fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
     // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     let ptr = (&raw mut info).cast();
     // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large.
-    let r = unsafe { libc::getsockopt(listener, libc::IPPROTO_TCP, libc::TCP_INFO, ptr, &mut len) };
-    if r == 0 {
-        info.tcpi_unacked as usize
-    } else {
-        0
-    }
+    let r = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, ptr, &mut len) };
+    (r == 0).then_some(info)
 }
 
 /// One non-blocking `accept4` on a listener: the new descriptor, or the errno.

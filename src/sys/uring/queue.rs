@@ -302,6 +302,10 @@ impl Intents for UringQueue<'_> {
         socket::shutdown(fd, libc::SHUT_WR);
     }
 
+    fn rtt_now(&mut self, fd: RawFd) -> Option<std::time::Duration> {
+        socket::rtt(fd)
+    }
+
     fn shutdown_both_now(&mut self, _conn: ConnRef, fd: RawFd) {
         self.submit_before_syscalls();
         socket::shutdown(fd, libc::SHUT_RDWR);
