@@ -687,3 +687,25 @@ fn response_headers_a_service_sets_are_checked() {
     );
     assert_eq!(ok.status, 200);
 }
+
+/// A bare LF ends no line, in the head as in chunked framing (before: accepted in the
+/// head, refused in a chunk line; a proxy that splits lines otherwise could smuggle a
+/// header past it): 400, then an orderly close.
+#[test]
+fn a_bare_lf_in_the_head_is_refused_like_in_a_chunk_line() {
+    let addr = serve(HttpConfig::default());
+    for raw in [
+        &b"GET / HTTP/1.1\nHost: x\n\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\nContent-Length: 3\r\n\r\nabc",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+    ] {
+        let (resp, closed) = exchange(addr, raw);
+        assert_eq!(resp.status, 400, "{:?}", String::from_utf8_lossy(raw));
+        assert!(
+            closed,
+            "{:?}: not an orderly close",
+            String::from_utf8_lossy(raw)
+        );
+    }
+}

@@ -18,6 +18,11 @@
 //!   ambiguous framing (Content-Length with Transfer-Encoding, differing lengths) 400,
 //!   unsupported transfer coding 501, an `Expect` other than 100-continue 417,
 //!   HTTP/2+ on this port 505, a head slower than [`HttpConfig::header_timeout`] 408.
+//! - Lines end in CRLF, in the head and in chunked framing alike: a bare LF is 400
+//!   wherever it is. RFC 9112 2.2 lets a recipient accept a bare LF as a line end in the
+//!   head, and httparse does; but a server that splits lines one way where a proxy in
+//!   front splits them another is a request-smuggling target, and chunked framing read
+//!   leniently is a known one, so both refuse it. (A bare CR is refused too: 400.)
 //!   Idle keep-alive connections close after [`HttpConfig::idle_timeout`].
 //! - During the drain every response carries `Connection: close` and its connection
 //!   closes after it (after the last of the requests already received). A connection
@@ -293,6 +298,9 @@ impl<S: Service> Handler for Http<S> {
         let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
         let head_len = match req.parse_with_uninit_headers(data, &mut headers) {
+            Ok(httparse::Status::Complete(n)) if parse::bare_lf(&data[..n]) => {
+                return self.fail(state, conn, Status::BAD_REQUEST);
+            }
             Ok(httparse::Status::Complete(n)) if n <= self.config.max_head => n,
             Ok(httparse::Status::Complete(_)) => {
                 return self.fail(state, conn, Status::HEADERS_TOO_LARGE);

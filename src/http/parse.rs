@@ -54,6 +54,16 @@ fn claims_other_version(head: &[u8]) -> bool {
     }
 }
 
+/// Whether a head has a line ending in a bare LF (without its CR). httparse accepts one
+/// (RFC 9112 2.2 lets a recipient); this layer refuses it, as the chunked decoder does,
+/// so that no line is read one way here and another way by a proxy in front (a
+/// request-smuggling vector).
+pub(crate) fn bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
 /// Checks a parsed head and works out its framing.
 pub(crate) fn check_head(
     req: &httparse::Request<'_, '_>,
@@ -247,6 +257,19 @@ mod tests {
             Ok(httparse::Status::Complete(_)) => check_head(&req, 1000),
             Ok(httparse::Status::Partial) => panic!("partial: {raw:?}"),
             Err(e) => Err(parse_error(e, raw.as_bytes())),
+        }
+    }
+
+    #[test]
+    fn a_bare_lf_anywhere_in_the_head_is_found() {
+        assert!(!bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        for head in [
+            &b"\nGET / HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\n",
+        ] {
+            assert!(bare_lf(head), "{head:?}");
         }
     }
 
