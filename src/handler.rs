@@ -311,6 +311,8 @@ pub struct Conn<'a> {
     pub(crate) unsent: usize,
     pub(crate) pool: &'a mut BufPool,
     pub(crate) close: &'a mut CloseRequest,
+    /// The handler holds its input ([`Conn::hold_input`]).
+    pub(crate) hold: &'a mut bool,
 }
 
 /// What a handler asked about closing its connection.
@@ -404,6 +406,27 @@ impl Conn<'_> {
         if *self.close == CloseRequest::None {
             *self.close = CloseRequest::WhenIdle;
         }
+    }
+
+    /// Holds the input: the handler cannot take more now (the requests queued behind
+    /// one whose answer it waits for, say) but will once [`release_input`] is called.
+    /// Until then, unconsumed input past the server's
+    /// [`max_pending_input`](crate::Builder::max_pending_input) no longer closes the
+    /// connection ([`CloseReason::InputLimit`]): the engine stops reading from it
+    /// instead, and what the peer sends waits in the kernel (TCP flow control pushes
+    /// back). Reading resumes once the handler consumed enough to be back under the
+    /// limit. The pending input is offered again after each callback that may have
+    /// changed the handler's mind (a timer, a message), as always.
+    ///
+    /// [`release_input`]: Conn::release_input
+    pub fn hold_input(&mut self) {
+        *self.hold = true;
+    }
+
+    /// Ends [`hold_input`](Conn::hold_input): input past the limit closes the connection
+    /// again. Call it once the handler takes input again (its answer came).
+    pub fn release_input(&mut self) {
+        *self.hold = false;
     }
 
     /// Whether [`close`](Conn::close) or [`close_when_idle`](Conn::close_when_idle) was

@@ -154,6 +154,10 @@ pub(crate) struct Connection<S> {
     pub quiet_since: Option<u64>,
     /// Reading is paused by back-pressure.
     pub paused: bool,
+    /// The handler holds its input ([`Conn::hold_input`]).
+    pub hold: bool,
+    /// Reading is paused because held input passed the pending-input limit.
+    pub input_full: bool,
     /// What the handler asked about closing.
     pub close_requested: CloseRequest,
     /// Queued for the end-of-turn flush.
@@ -212,6 +216,8 @@ impl<S> Connection<S> {
             input_queued: false,
             quiet_since: None,
             paused: false,
+            hold: false,
+            input_full: false,
             close_requested: CloseRequest::None,
             flush_queued: false,
             closing: Closing::Open,
@@ -253,6 +259,7 @@ impl<S> Connection<S> {
             unsent,
             pool,
             close: &mut self.close_requested,
+            hold: &mut self.hold,
         };
         (conn, &mut self.state)
     }
@@ -289,7 +296,9 @@ impl<S> Connection<S> {
     /// Whether a receive should be in flight now.
     pub fn wants_read(&self) -> bool {
         match self.closing {
-            Closing::Open => !self.read_done && !self.paused && !self.discard_full,
+            Closing::Open => {
+                !self.read_done && !self.paused && !self.discard_full && !self.input_full
+            }
             Closing::AfterFlush(_) | Closing::Lingering(_) => !self.read_done && !self.discard_full,
             Closing::Now(_) | Closing::Submitted(_) => false,
         }
@@ -430,6 +439,25 @@ impl<S> Connection<S> {
                 self.closing = Closing::Submitted(reason);
             }
         }
+    }
+
+    /// Applies the pending-input limit after a handler call: past `max` unconsumed bytes
+    /// a connection whose handler holds its input stops reading, and reads again once
+    /// back at or under `max`. Returns true when the connection is over the limit
+    /// without a hold: the caller closes it.
+    pub fn check_input(&mut self, max: usize, q: &mut impl Intents) -> bool {
+        let over = self.pending.len() > max;
+        if over && !self.hold {
+            return true;
+        }
+        if over && !self.input_full {
+            self.input_full = true;
+            self.cancel_recv(q);
+        } else if !over && self.input_full {
+            self.input_full = false;
+            self.arm_recv(q);
+        }
+        false
     }
 
     /// Applies back-pressure: pauses reading above `max` unsent bytes, resumes at half.

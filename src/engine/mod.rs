@@ -474,6 +474,11 @@ impl<H: Handler> Engine<H> {
             if c.check_pressure(self.limits.max_unsent, q) {
                 self.stats.reads_paused += 1;
             }
+            if c.input_full && c.check_input(self.limits.max_pending_input, q) {
+                // Held input past the limit, and the hold released: as on a receive.
+                self.stats.input_limit_closes += 1;
+                c.begin_close(CloseReason::InputLimit, false, q, &mut self.linger);
+            }
             if c.close_requested == CloseRequest::WhenIdle && c.closing == Closing::Open {
                 if !c.is_idle() {
                     c.quiet_since = None;
@@ -637,7 +642,7 @@ impl<H: Handler> Engine<H> {
                 q,
                 &mut self.linger,
             );
-        } else if c.pending.len() > max_pending {
+        } else if c.check_input(max_pending, q) {
             self.stats.input_limit_closes += 1;
             c.begin_close(CloseReason::InputLimit, false, q, &mut self.linger);
         }
@@ -779,8 +784,8 @@ fn after_handler<S>(
     q: &mut impl Intents,
     linger: &mut Linger,
 ) {
-    if !c.out.is_empty() {
-        queue_flush(c, flush);
+    if !c.out.is_empty() || c.input_full {
+        queue_flush(c, flush); // end_turn also resumes reading held input once it shrank
     }
     match c.close_requested {
         CloseRequest::None => {}

@@ -97,6 +97,8 @@ struct Lines {
     lines: bool,
     amplify: usize,
     calls: Rc<RefCell<Vec<String>>>,
+    /// After a line `hold`: takes nothing more, holding its input, until its timer.
+    held: bool,
 }
 
 impl Handler for Lines {
@@ -109,6 +111,15 @@ impl Handler for Lines {
         self.calls
             .borrow_mut()
             .push(format!("data {}", String::from_utf8_lossy(data)));
+        if self.held {
+            return 0;
+        }
+        if data.starts_with(b"hold\n") {
+            self.held = true;
+            conn.hold_input();
+            conn.set_timer(Duration::from_millis(10));
+            return 5;
+        }
         let n = if self.lines {
             data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
         } else {
@@ -121,6 +132,10 @@ impl Handler for Lines {
             conn.close();
         }
         n
+    }
+    fn on_timer(&mut self, _: &mut (), conn: &mut Conn<'_>) {
+        self.held = false;
+        conn.release_input();
     }
     fn on_close(&mut self, _: (), reason: CloseReason) {
         self.calls.borrow_mut().push(format!("close {reason:?}"));
@@ -139,6 +154,7 @@ fn setup(lines: bool, amplify: usize, config: Config) -> T {
         lines,
         amplify,
         calls: calls.clone(),
+        held: false,
     };
     let shared = crate::shared::Shared::new(1, None).unwrap();
     let (mailbox, inbox) = crate::mailbox::channel(shared.clone(), 0, 16);
@@ -480,6 +496,48 @@ fn input_past_the_limit_closes_the_connection() {
     let c = t.accept(10);
     t.recv(c, b"no newline in sight");
     assert_eq!(t.rec.take(), vec![Op::CancelRecv(c)]);
+    assert_eq!(t.engine.stats().input_limit_closes, 1);
+}
+
+#[test]
+fn held_input_past_the_limit_pauses_reading_instead_of_closing() {
+    let config = Config {
+        max_pending_input: 8,
+        ..Config::default()
+    };
+    let start = Instant::now();
+    let mut t = setup(true, 1, config);
+    t.engine.begin_turn(start, &mut t.rec);
+    let c = t.accept(10);
+    t.recv(c, b"hold\n");
+    t.recv(c, b"aaaa\nbbbb\ncccc\n"); // 15 bytes the handler cannot take yet
+    assert_eq!(t.rec.take(), vec![Op::CancelRecv(c)], "reading stops");
+    assert_eq!(
+        t.engine.stats().input_limit_closes,
+        0,
+        "the connection stays"
+    );
+    t.engine.handle(
+        Event::RecvEnded {
+            conn: c,
+            why: RecvEnd::Cancelled,
+        },
+        &mut t.rec,
+    );
+    assert_eq!(
+        t.turn(),
+        vec![],
+        "a connection holding full input is not re-armed"
+    );
+    // The timer releases the hold: the held input is served, and reading resumes.
+    t.engine
+        .begin_turn(start + Duration::from_millis(50), &mut t.rec);
+    assert_eq!(
+        t.turn(),
+        vec![Op::Send(c, b"aaaa\nbbbb\ncccc\n".to_vec()), Op::Recv(c)]
+    );
+    // Without a hold, the limit closes as before.
+    t.recv(c, b"no newline in sight");
     assert_eq!(t.engine.stats().input_limit_closes, 1);
 }
 

@@ -658,6 +658,7 @@ mod tests {
         out: Vec<u8>,
         pool: BufPool,
         close: CloseRequest,
+        hold: bool,
     }
 
     impl Parts {
@@ -667,6 +668,7 @@ mod tests {
                 out: Vec::new(),
                 pool: BufPool::new(4096, 4),
                 close: CloseRequest::None,
+                hold: false,
             }
         }
         fn conn(&mut self, pending_input: usize) -> Conn<'_> {
@@ -682,6 +684,7 @@ mod tests {
                 unsent: 0,
                 pool: &mut self.pool,
                 close: &mut self.close,
+                hold: &mut self.hold,
             }
         }
     }
