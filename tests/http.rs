@@ -28,8 +28,13 @@ impl Service for Test {
             "/split" => res.send(Status::OK, &[("x-a", b"v\r\nx-injected: 1")], b"x"),
             "/length" => res.send(Status::OK, &[("content-length", b"1")], b"xyz"),
             "/readyz" if res.is_draining() => res.text(Status::SERVICE_UNAVAILABLE, "draining"),
+            "/defer" => res.defer(Duration::from_millis(200), 0),
             _ => res.text(Status::OK, &format!("{} {}", req.method(), req.target())),
         }
+    }
+
+    fn resume_timer(&mut self, _: u64, res: &mut Response<'_>) {
+        res.text(Status::OK, "deferred");
     }
 }
 
@@ -708,4 +713,27 @@ fn a_bare_lf_in_the_head_is_refused_like_in_a_chunk_line() {
             String::from_utf8_lossy(raw)
         );
     }
+}
+
+/// A deferred response with more pipelined requests behind it than the pending-input
+/// limit holds (256 KiB): the server stops reading until the answer is written, then
+/// answers every request, in order (before: the limit reset the connection, 0 answers).
+#[test]
+fn a_deferred_response_with_deep_pipelining_behind_it_answers_all_in_order() {
+    const N: usize = 13_000; // about 420 KB of requests behind the deferred one
+    let addr = serve(HttpConfig::default());
+    let (mut s, mut r) = client(addr);
+    let mut batch = b"GET /defer HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    for i in 0..N {
+        write!(batch, "GET /p{i} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    }
+    assert!(batch.len() > 400_000);
+    let writer = thread::spawn(move || s.write_all(&batch));
+    let first = read_response(&mut r).expect("the deferred answer, not a reset");
+    assert_eq!(first.body, b"deferred");
+    for i in 0..N {
+        let resp = read_response(&mut r).unwrap_or_else(|e| panic!("answer {i}: {e}"));
+        assert_eq!(resp.body, format!("GET /p{i}").as_bytes(), "answer {i}");
+    }
+    writer.join().unwrap().expect("every request written");
 }

@@ -294,7 +294,7 @@ impl<S: Service> Handler for Http<S> {
     fn on_data(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>, data: &[u8]) -> usize {
         match state.phase {
             Phase::Body(_) => return self.continue_body(state, conn, data),
-            Phase::Waiting(_) => return 0, // pipelined requests wait for the deferred one
+            Phase::Waiting(_) => return 0, // pipelined requests wait, held (see `settle`)
             Phase::Idle if data.starts_with(b"\r\n") => return 2, // RFC 9112 2.2: ignored
             Phase::Idle if data == b"\r" => return 0,
             Phase::Idle => {
@@ -534,6 +534,10 @@ impl<S: Service> Http<S> {
     ) {
         match wait {
             Some((wake, after)) => {
+                // The requests pipelined behind this one wait in the pending input; past
+                // the engine's limit it stops reading rather than closing (`resume`
+                // releases the hold).
+                conn.hold_input();
                 state.phase = Phase::Waiting(Deferred { wake, ..d });
                 state.last_active = conn.now();
                 conn.set_timer(after);
@@ -571,6 +575,7 @@ impl<S: Service> Http<S> {
         d: Deferred,
         write: impl FnOnce(&mut S, &mut Response<'_>),
     ) {
+        conn.release_input(); // the pipelined requests are taken again once it is written
         let draining = conn.is_draining();
         // Requests pipelined behind this one while it waited are in the pending input:
         // then it is not the last received, and the connection stays open for them.
