@@ -106,6 +106,16 @@ pub trait Handler {
         let _ = msg;
     }
 
+    /// The least unconsumed input this handler may need to keep on one connection to
+    /// make progress (for [`Http`](crate::http::Http), a whole request head: its
+    /// [`max_head`](crate::http::HttpConfig::max_head)). The engine raises its
+    /// [`max_pending_input`](crate::Builder::max_pending_input) to it (logged at the
+    /// start), so that what is too much is the handler's call (a 431 for a head, with
+    /// an orderly close) and not a reset by the engine's limit. Default 0.
+    fn min_pending_input(&self) -> usize {
+        0
+    }
+
     /// The connection is closed (its descriptor is released). Called exactly once for
     /// every connection whose [`on_open`](Handler::on_open) returned (a connection whose
     /// `on_open` panicked has no state to close).

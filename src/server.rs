@@ -450,6 +450,14 @@ fn drive<H: Handler, D: Driver>(
     let (mailbox, inbox) = mailbox::channel(shared.clone(), index, config.mailbox_capacity);
     let mut worker = Worker::new(index, mailbox);
     let handler = factory(&mut worker);
+    let needed = handler.min_pending_input();
+    if index == 0 && needed > config.max_pending_input {
+        log::info!(
+            "max_pending_input raised from {} to {needed} bytes: the handler keeps up to that much \
+             unconsumed (an HTTP head up to max_head)",
+            config.max_pending_input
+        );
+    }
     let engine = Engine::new(
         handler,
         (worker, inbox),

@@ -150,6 +150,7 @@ impl<H: Handler> Engine<H> {
         now: Instant,
     ) -> Engine<H> {
         let local = worker.local.clone();
+        let max_pending_input = config.max_pending_input.max(handler.min_pending_input());
         Engine {
             handler,
             worker,
@@ -164,7 +165,7 @@ impl<H: Handler> Engine<H> {
             stalls: Stalls::new(config.send_timeout),
             limits: Limits {
                 max_unsent: config.max_unsent,
-                max_pending_input: config.max_pending_input,
+                max_pending_input,
                 max_discard: config.max_discard,
                 backoff_min: config.accept_backoff_min,
                 backoff_max: config.accept_backoff_max,
