@@ -737,3 +737,33 @@ fn a_deferred_response_with_deep_pipelining_behind_it_answers_all_in_order() {
     }
     writer.join().unwrap().expect("every request written");
 }
+
+/// A head between the pending-input limit (256 KiB by default) and a larger `max_head`
+/// is served, and one over `max_head` gets 431 with an orderly close (before: both were
+/// reset by the pending-input limit).
+#[test]
+fn a_head_over_the_pending_input_limit_is_judged_by_max_head() {
+    let addr = serve(HttpConfig::default().max_head(300_000));
+    let head = |pad: usize| {
+        let mut h = b"GET /big HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for i in 0..90 {
+            write!(h, "x-pad-{i:02}: {}\r\n", "p".repeat(pad)).unwrap();
+        }
+        h.extend_from_slice(b"\r\n");
+        h
+    };
+    let (under, over) = (head(3_000), head(3_400));
+    assert!(
+        under.len() > 256 * 1024 && under.len() < 300_000,
+        "{}",
+        under.len()
+    );
+    assert!(over.len() > 300_000, "{}", over.len());
+    let (mut s, mut r) = client(addr);
+    s.write_all(&under).unwrap();
+    let resp = read_response(&mut r).expect("served, not reset");
+    assert_eq!((resp.status, resp.body.as_slice()), (200, &b"GET /big"[..]));
+    let (resp, closed) = exchange(addr, &over);
+    assert_eq!(resp.status, 431);
+    assert!(closed, "an orderly close");
+}

@@ -107,6 +107,9 @@ pub trait Service {
     }
 }
 
+/// The largest [`HttpConfig::max_head`] accepted.
+const MAX_HEAD_LIMIT: usize = 16 * 1024 * 1024;
+
 /// Limits and timeouts of the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -130,10 +133,13 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
-    /// The largest request head (request line and header fields); larger: 431.
-    /// Default 16 KiB. Keep it under the server's `max_pending_input`.
+    /// The largest request head (request line and header fields); larger: 431, with
+    /// an orderly close. Default 16 KiB; at least 256 bytes, at most 16 MiB. The server's
+    /// [`max_pending_input`](crate::Builder::max_pending_input) is raised to it if
+    /// smaller ([`Handler::min_pending_input`]), so a head under this limit is never cut
+    /// by that one.
     pub fn max_head(mut self, bytes: usize) -> HttpConfig {
-        self.max_head = bytes.max(256);
+        self.max_head = bytes.clamp(256, MAX_HEAD_LIMIT);
         self
     }
 
@@ -387,6 +393,11 @@ impl<S: Service> Handler for Http<S> {
 
     fn on_undelivered(&mut self, msg: S::Message) {
         self.service.on_undelivered(msg);
+    }
+
+    /// A head is kept whole until it is complete: up to `max_head` bytes.
+    fn min_pending_input(&self) -> usize {
+        self.config.max_head
     }
 
     fn on_drain(&mut self, state: &mut HttpConn, conn: &mut Conn<'_>) {
