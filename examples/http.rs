@@ -106,6 +106,8 @@ fn parse_args() -> Result<Args, String> {
         args.http = match flag.as_str() {
             "--header-timeout" => args.http.header_timeout(duration(value()?)?),
             "--idle-timeout" => args.http.idle_timeout(duration(value()?)?),
+            "--body-timeout" => args.http.body_timeout(duration(value()?)?),
+            "--min-body-rate" => args.http.min_body_rate(number(value()?)?),
             "--max-head" => args.http.max_head(number(value()?)? as usize),
             "--max-body" => args.http.max_body(number(value()?)?),
             "--debug-stall" => {
@@ -125,7 +127,7 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(msg) => {
             eprintln!(
-                "{msg}\nusage: http {SERVER_USAGE}\n  [--header-timeout DUR] [--idle-timeout DUR] [--max-head BYTES] [--max-body BYTES] [--debug-stall]"
+                "{msg}\nusage: http {SERVER_USAGE}\n  [--header-timeout DUR] [--idle-timeout DUR] [--body-timeout DUR] [--min-body-rate BYTES_PER_S]\n  [--max-head BYTES] [--max-body BYTES] [--debug-stall]\n  (--body-timeout: how long a request body may go silent, default 10s; --min-body-rate:\n  the slowest average a body may arrive at after that grace, default 500, 0 for none)"
             );
             return ExitCode::from(2);
         }

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::thread;
@@ -766,4 +766,52 @@ fn a_head_over_the_pending_input_limit_is_judged_by_max_head() {
     let (resp, closed) = exchange(addr, &over);
     assert_eq!(resp.status, 431);
     assert!(closed, "an orderly close");
+}
+
+/// A body trickling in a byte at a time, each before the body timeout, gets 408 once
+/// it falls behind the minimum rate, and the connection closes in order (before: every
+/// byte reset the timer, so the connection and its buffered body were held forever).
+#[test]
+fn a_body_slower_than_the_minimum_rate_gets_408() {
+    let _serial = serial();
+    let server = spawn_example(
+        "http",
+        &[
+            "--workers",
+            "1",
+            "--header-timeout",
+            "500ms",
+            "--body-timeout",
+            "500ms",
+            "--min-body-rate",
+            "100",
+        ],
+        |_| {},
+    );
+    let (mut s, mut r) = client(server.addr);
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    // A byte about every 100 ms (10 bytes/s) until the answer shows.
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let start = Instant::now();
+    let mut peek = [0u8; 1];
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no answer to a body trickling at 10 bytes/s in 5 s"
+        );
+        s.write_all(b"x").expect("the server reads on");
+        match s.peek(&mut peek) {
+            Ok(_) => break, // the answer (or the end) is there
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let resp = read_response(&mut r).expect("a 408");
+    assert_eq!(resp.status, 408);
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)
+        .expect("an orderly close, not a reset");
 }

@@ -17,7 +17,9 @@
 //!   head over [`HttpConfig::max_head`] 431, body over the limit 413, malformed 400,
 //!   ambiguous framing (Content-Length with Transfer-Encoding, differing lengths) 400,
 //!   unsupported transfer coding 501, an `Expect` other than 100-continue 417,
-//!   HTTP/2+ on this port 505, a head slower than [`HttpConfig::header_timeout`] 408.
+//!   HTTP/2+ on this port 505, a head slower than [`HttpConfig::header_timeout`] 408,
+//!   a body silent for [`HttpConfig::body_timeout`] or slower on average than
+//!   [`HttpConfig::min_body_rate`] 408.
 //! - Lines end in CRLF, in the head and in chunked framing alike: a bare LF is 400
 //!   wherever it is. RFC 9112 2.2 lets a recipient accept a bare LF as a line end in the
 //!   head, and httparse does; but a server that splits lines one way where a proxy in
@@ -116,6 +118,8 @@ pub struct HttpConfig {
     max_head: usize,
     max_body: u64,
     header_timeout: Duration,
+    body_timeout: Duration,
+    min_body_rate: u64,
     idle_timeout: Duration,
     drain_busy_window: Duration,
 }
@@ -126,6 +130,8 @@ impl Default for HttpConfig {
             max_head: 16 * 1024,
             max_body: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            min_body_rate: 500,
             idle_timeout: Duration::from_secs(60),
             drain_busy_window: Duration::from_millis(200),
         }
@@ -149,10 +155,28 @@ impl HttpConfig {
         self
     }
 
-    /// How long a request head may take from its first byte, and a body between two
-    /// reads; slower: 408. Default 10 s.
+    /// How long a request head may take from its first byte; slower: 408. Default 10 s.
     pub fn header_timeout(mut self, timeout: Duration) -> HttpConfig {
         self.header_timeout = timeout;
+        self
+    }
+
+    /// How long a request body may go without a byte arriving; slower: 408 and the
+    /// connection closes. Also the grace the body gets before
+    /// [`min_body_rate`](HttpConfig::min_body_rate) applies. Default 10 s.
+    pub fn body_timeout(mut self, timeout: Duration) -> HttpConfig {
+        self.body_timeout = timeout;
+        self
+    }
+
+    /// The slowest a request body may arrive, in bytes per second on average since the
+    /// body began, after a first [`body_timeout`](HttpConfig::body_timeout) of grace:
+    /// the body must be complete by its start + `body_timeout` + (bytes received) /
+    /// rate, or it gets 408 (so a client trickling a byte now and then cannot hold a
+    /// connection and its buffered body forever). 0 turns the rate off (the body timeout
+    /// between two reads still holds). Default 500 bytes/s.
+    pub fn min_body_rate(mut self, bytes_per_second: u64) -> HttpConfig {
+        self.min_body_rate = bytes_per_second;
         self
     }
 
@@ -253,6 +277,10 @@ struct Partial {
     info: HeadInfo,
     body: Vec<u8>,
     decoder: BodyDecoder,
+    /// When the body began (its head was complete), for the minimum rate.
+    since: Instant,
+    /// Body bytes received so far (as sent: chunked framing included).
+    received: u64,
 }
 
 #[derive(Debug)]
@@ -360,9 +388,11 @@ impl<S: Service> Handler for Http<S> {
                         Framing::Length(n) => BodyDecoder::Length(n),
                         Framing::None | Framing::Chunked => BodyDecoder::Chunked(Chunked::new()),
                     },
+                    since: conn.now(),
+                    received: 0,
                 };
                 state.phase = Phase::Body(Box::new(partial));
-                conn.set_timer(self.config.header_timeout);
+                conn.set_timer(self.config.body_timeout);
                 if info.expect_continue && rest.is_empty() {
                     conn.write(b"HTTP/1.1 100 Continue\r\n\r\n");
                 }
@@ -461,7 +491,9 @@ impl<S: Service> Http<S> {
         };
         if !done {
             if used > 0 {
-                conn.set_timer(self.config.header_timeout); // progress resets the clock
+                partial.received = partial.received.saturating_add(used as u64);
+                let due = self.body_deadline(partial, conn.now());
+                conn.set_timer(due.saturating_duration_since(conn.now()));
             }
             return used;
         }
@@ -483,6 +515,23 @@ impl<S: Service> Http<S> {
             used == data.len(),
         );
         used
+    }
+
+    /// When a body still arriving gets 408, after some progress just now: a body timeout
+    /// from now, or sooner where the minimum rate says (its start, plus the body timeout,
+    /// plus the time its bytes so far are worth at that rate).
+    fn body_deadline(&self, partial: &Partial, now: Instant) -> Instant {
+        let idle = crate::clock::after(now, self.config.body_timeout);
+        if self.config.min_body_rate == 0 {
+            return idle;
+        }
+        let rate = self.config.min_body_rate;
+        let earned = Duration::from_secs(partial.received / rate)
+            + Duration::from_nanos(
+                (u128::from(partial.received % rate) * 1_000_000_000 / u128::from(rate)) as u64,
+            );
+        let start = crate::clock::after(partial.since, self.config.body_timeout);
+        idle.min(crate::clock::after(start, earned))
     }
 
     /// Runs the service for one complete request and finishes the exchange.
