@@ -8,7 +8,11 @@
 //! ```
 //!
 //! - Keep-alive by default for HTTP/1.1, for HTTP/1.0 with `Connection: keep-alive`;
-//!   pipelined requests are answered in order.
+//!   pipelined requests are answered in order. Those behind a deferred response wait in
+//!   the connection's input, held ([`Conn::hold_input`]): past the server's
+//!   pending-input limit it stops reading until the answer is written, then takes them.
+//! - A head is scanned for its end once, however it arrives (byte by byte, say), and
+//!   parsed once it is complete.
 //! - Request bodies with `Content-Length` or `Transfer-Encoding: chunked`, up to
 //!   [`HttpConfig::max_body`]; `Expect: 100-continue` is answered before the body.
 //! - A plain GET allocates nothing: the head is parsed into a stack array, the request
@@ -20,12 +24,12 @@
 //!   HTTP/2+ on this port 505, a head slower than [`HttpConfig::header_timeout`] 408,
 //!   a body silent for [`HttpConfig::body_timeout`] or slower on average than
 //!   [`HttpConfig::min_body_rate`] 408.
+//!   Idle keep-alive connections close after [`HttpConfig::idle_timeout`].
 //! - Lines end in CRLF, in the head and in chunked framing alike: a bare LF is 400
 //!   wherever it is. RFC 9112 2.2 lets a recipient accept a bare LF as a line end in the
 //!   head, and httparse does; but a server that splits lines one way where a proxy in
 //!   front splits them another is a request-smuggling target, and chunked framing read
 //!   leniently is a known one, so both refuse it. (A bare CR is refused too: 400.)
-//!   Idle keep-alive connections close after [`HttpConfig::idle_timeout`].
 //! - During the drain every response carries `Connection: close` and its connection
 //!   closes after it (after the last of the requests already received). A connection
 //!   busy within the last [`HttpConfig::drain_busy_window`] is about to carry a request,
@@ -526,10 +530,9 @@ impl<S: Service> Http<S> {
             return idle;
         }
         let rate = self.config.min_body_rate;
+        let nanos = u128::from(partial.received % rate) * 1_000_000_000 / u128::from(rate);
         let earned = Duration::from_secs(partial.received / rate)
-            + Duration::from_nanos(
-                (u128::from(partial.received % rate) * 1_000_000_000 / u128::from(rate)) as u64,
-            );
+            .saturating_add(Duration::from_nanos(nanos as u64));
         let start = crate::clock::after(partial.since, self.config.body_timeout);
         idle.min(crate::clock::after(start, earned))
     }
