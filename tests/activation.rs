@@ -19,6 +19,34 @@ use testkit::process::{Launch, spawn_server};
 mod support;
 use support::{ChildServer, example_path};
 
+/// Makes the child get `fds` as 3, 4, ... (without close-on-exec), the way systemd
+/// passes them: each is first copied above 100, so that one already at a target number
+/// (or another's target) is neither left close-on-exec nor overwritten.
+fn pass_fds(cmd: &mut Command, fds: Vec<RawFd>) {
+    // SAFETY: runs in the forked child before exec: fcntl, dup2 and close are single,
+    // async-signal-safe system calls on descriptors the child inherited; nothing
+    // allocates.
+    assert!(fds.len() <= 8, "at most 8 passed descriptors");
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut high = [0 as RawFd; 8];
+            for (i, &fd) in fds.iter().enumerate() {
+                high[i] = libc::fcntl(fd, libc::F_DUPFD, 100);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, &h) in high[..fds.len()].iter().enumerate() {
+                if libc::dup2(h, 3 + i as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(h);
+            }
+            Ok(())
+        })
+    };
+}
+
 /// Starts the http example with `fds` passed as 3, 4, ... the way systemd does.
 fn activate(fds: &[RawFd], args: &[&str]) -> ChildServer {
     let mut cmd = Command::new("sh");
@@ -28,24 +56,7 @@ fn activate(fds: &[RawFd], args: &[&str]) -> ChildServer {
         .args(args)
         .env("LISTEN_FDS", fds.len().to_string())
         .env("LISTEN_FDNAMES", vec!["http"; fds.len()].join(":"));
-    let fds = fds.to_vec();
-    // SAFETY: runs in the forked child before exec: dup2 and fcntl are single,
-    // async-signal-safe system calls on descriptors the child inherited.
-    unsafe {
-        cmd.pre_exec(move || {
-            for (i, &fd) in fds.iter().enumerate() {
-                let target = 3 + i as RawFd;
-                if fd == target {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(fd, target) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        })
-    };
+    pass_fds(&mut cmd, fds.to_vec());
     let spawned =
         spawn_server(&mut cmd, &Launch::capturing()).expect("the activated example starts");
     ChildServer {
@@ -193,16 +204,7 @@ fn passed_sockets_that_do_not_fit_the_workers_are_refused() {
         .arg(example_path("http"))
         .args(["--workers", "3"])
         .env("LISTEN_FDS", "2");
-    let (fa, fb) = (a.as_raw_fd(), b.as_raw_fd());
-    // SAFETY: as in `activate`: async-signal-safe dup2 in the forked child.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(fa, 3) < 0 || libc::dup2(fb, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
+    pass_fds(&mut cmd, vec![a.as_raw_fd(), b.as_raw_fd()]);
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -393,3 +393,34 @@ fn lingering_ends_once_the_peers_are_quiet() {
         "the drain took {took} ms with a 1 s linger: it waited for the linger: {report}"
     );
 }
+
+/// Timeouts far in the future (here 198 days, under the examples' one-year bound) do
+/// not make the worker spin (before: `--idle-timeout 17179870s` took 100% of a core).
+/// An observation window: spinning is a rate.
+#[test]
+fn a_huge_idle_timeout_does_not_spin() {
+    let server = spawn_example(
+        "http",
+        &[
+            "--workers",
+            "1",
+            "--idle-timeout",
+            "17179870s",
+            "--header-timeout",
+            "17179870s",
+        ],
+        |_| {},
+    );
+    let mut s = connect(server.addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let resp = read_response(&mut BufReader::new(s.try_clone().unwrap())).unwrap();
+    assert_eq!(resp.status, 200);
+    let _slow = connect(server.addr); // a new connection's header timer too
+    let cpu0 = cpu_seconds(server.pid());
+    thread::sleep(Duration::from_secs(1));
+    let cpu = cpu_seconds(server.pid()) - cpu0;
+    assert!(
+        cpu < 0.2,
+        "{cpu:.3} s of CPU in 1 s with two idle connections"
+    );
+}

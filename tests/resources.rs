@@ -118,10 +118,19 @@ fn a_backlog_given_up_on_is_counted_as_aborted() {
         ],
         limit_descriptors,
     );
-    // The idle connections linger after their FIN (the clients keep their sockets
-    // open), so their descriptors free up a linger later: the second signal lands
-    // before that.
-    let (_served, _queued) = exhaust(server.addr, 10);
+    // The served connections are kept busy (their clients send without reading, so
+    // echoes wait unsent): their descriptors stay taken, and the second signal lands
+    // while the backlog waits.
+    let (mut served, _queued) = exhaust(server.addr, 10);
+    let burst = vec![b'b'; 64 * 1024];
+    for s in &mut served {
+        s.set_nonblocking(true).unwrap();
+        for _ in 0..64 {
+            if s.write(&burst).is_err() {
+                break; // the client's buffers are full: the server's echo backs up
+            }
+        }
+    }
     assert!(server.wait_for_stderr("backing off", Duration::from_secs(2)));
     server.signal(libc::SIGTERM);
     assert!(server.wait_for_stderr("backlog waits", Duration::from_secs(5)));
