@@ -215,22 +215,15 @@ impl<H: Handler, D: Driver> Runner<H, D> {
                     .map(|at| at.saturating_duration_since(now))
             };
             // Under systemd's watchdog an idle worker still turns (its heartbeat).
-            let mut timeout = match (timeout, max_wait) {
+            let timeout = match (timeout, max_wait) {
                 (Some(t), Some(m)) => Some(t.min(m)),
                 (t, m) => t.or(m),
             };
-            if timeout != Some(Duration::ZERO) {
-                // A wait that may block: from the clock now, not the turn's start (the
-                // turn's work does not delay the timers), and the engine knows when it
-                // began (when a signal that comes next was received, at the earliest).
-                let waiting = Instant::now();
-                if let Some(t) = &mut timeout {
-                    *t = t.saturating_sub(waiting.saturating_duration_since(now));
-                }
-                self.engine.waiting_from(Some(waiting));
-            } else {
-                self.engine.waiting_from(None);
-            }
+            // Before a wait that may block, the engine learns when it began: a signal
+            // seen next was received at the earliest then, if the wait blocked (one
+            // clock read per such wait, no arithmetic on the way).
+            let blocking = timeout != Some(Duration::ZERO);
+            self.engine.waiting_from(blocking.then(Instant::now));
             self.driver.submit_and_wait(timeout)?;
         }
     }

@@ -462,8 +462,17 @@ impl<S> Connection<S> {
 
     /// Applies back-pressure: pauses reading above `max` unsent bytes, resumes at half.
     /// Returns true when it paused.
+    #[inline]
     pub fn check_pressure(&mut self, max: usize, q: &mut impl Intents) -> bool {
         let unsent = self.unsent();
+        if !self.paused && unsent <= max {
+            return false; // the common case, without a call
+        }
+        self.pressure_changed(unsent, max, q)
+    }
+
+    #[inline(never)]
+    fn pressure_changed(&mut self, unsent: usize, max: usize, q: &mut impl Intents) -> bool {
         if !self.paused && unsent > max && self.closing == Closing::Open {
             self.paused = true;
             self.cancel_recv(q);

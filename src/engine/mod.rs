@@ -651,7 +651,7 @@ impl<H: Handler> Engine<H> {
         after_handler(c, reason, &mut self.flush, q, &mut self.linger);
         // Back-pressure at once, not only at the end of the turn: a backend may deliver
         // many reads of one fast peer in one turn (epoll reads up to its budget).
-        if c.check_pressure(self.limits.max_unsent, q) {
+        if c.unsent() > self.limits.max_unsent && c.check_pressure(self.limits.max_unsent, q) {
             self.stats.reads_paused += 1;
         }
     }

@@ -188,7 +188,12 @@ impl Driver for EpollDriver {
         let timeout_ms = match timeout {
             _ if self.has_ready() => 0,
             None => -1,
-            Some(t) => t.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
+            // Rounded up to whole milliseconds, in u64 (no 128-bit division per wait).
+            Some(t) => {
+                let ms = t.as_secs().saturating_mul(1000)
+                    + u64::from(t.subsec_nanos()).div_ceil(1_000_000);
+                ms.min(i32::MAX as u64) as i32
+            }
         };
         self.ready = self.q.wait(&mut self.events, timeout_ms)?;
         Ok(())
