@@ -150,6 +150,12 @@ pub(crate) trait Intents {
         let _ = fd;
         None
     }
+    /// Synchronous: how many received bytes wait unread in the socket (0 on the
+    /// in-memory backends, which deliver everything).
+    fn unread_now(&mut self, fd: RawFd) -> usize {
+        let _ = fd;
+        0
+    }
     /// Synchronous: refuse new handshakes, accept what waits in the listen backlog
     /// (non-blocking, until EAGAIN) into `backlog`, and close the listening socket once
     /// its queue is empty. Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,

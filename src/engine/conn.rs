@@ -189,6 +189,10 @@ pub(crate) struct Connection<S> {
     pub linger_from: Instant,
     pub linger_quiet: Duration,
     pub linger_end: Instant,
+    /// Found quiet at a check (the turn's number): closed at a later check if no byte
+    /// came in between, so a whole reap of completions separates the two (a long turn
+    /// cannot pass for a quiet peer).
+    pub quiet_seen: Option<u64>,
 }
 
 impl<S> Connection<S> {
@@ -235,6 +239,7 @@ impl<S> Connection<S> {
             linger_from: now,
             linger_quiet: Duration::ZERO,
             linger_end: now,
+            quiet_seen: None,
         }
     }
 
@@ -366,16 +371,32 @@ impl<S> Connection<S> {
     /// A lingering connection's check came due: it stops lingering if the linger time is
     /// over or both sides have been quiet for its quiet time (and no byte waits unread),
     /// else it is looked at again when that could be so.
-    pub fn linger_check(&mut self, q: &mut impl Intents, linger: &mut Linger) {
+    pub fn linger_check(&mut self, turn: u64, q: &mut impl Intents, linger: &mut Linger) {
         if !matches!(self.closing, Closing::Lingering(_)) {
             return;
         }
         let now = linger.now;
-        let quiet_until = crate::clock::after(self.last_activity(), self.linger_quiet);
-        if now >= self.linger_end || (now >= quiet_until && !self.input_queued) {
+        if now >= self.linger_end {
             return self.end_linger(q, linger);
         }
-        let at = if self.input_queued {
+        let quiet_until = crate::clock::after(self.last_activity(), self.linger_quiet);
+        if now >= quiet_until && !self.input_queued {
+            match self.quiet_seen {
+                // Quiet at two checks with a reap between, and nothing waits in the
+                // socket: nothing is on the way.
+                Some(seen) if seen < turn && q.unread_now(self.fd) == 0 => {
+                    return self.end_linger(q, linger);
+                }
+                Some(seen) if seen < turn => self.quiet_seen = None, // bytes wait: read on
+                Some(_) | None => {
+                    self.quiet_seen = Some(turn);
+                    // Looked at again after the next reap.
+                    let soon = crate::clock::after(now, Duration::from_micros(1));
+                    return linger.check_at(soon, self.conn_ref());
+                }
+            }
+        }
+        let at = if now >= quiet_until || self.input_queued {
             crate::clock::after(now, self.linger_quiet)
         } else {
             quiet_until
@@ -409,7 +430,7 @@ impl<S> Connection<S> {
             let silent = linger.now.saturating_duration_since(self.last_activity());
             if self.read_done || self.discard_full {
                 self.closing = Closing::Now(reason);
-            } else if silent >= quiet {
+            } else if silent >= quiet && q.unread_now(self.fd) == 0 {
                 // Both sides quiet for the connection's quiet already: no byte of the
                 // peer is on the way.
                 // Shutting down both directions sends the FIN now and ends the receive

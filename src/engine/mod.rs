@@ -274,7 +274,7 @@ impl<H: Handler> Engine<H> {
                 .get_mut(conn.key as usize)
                 .filter(|c| c.generation == conn.generation)
             {
-                c.linger_check(q, &mut self.linger);
+                c.linger_check(self.turn, q, &mut self.linger);
             }
         }
         if self.stalls.next_deadline().is_some_and(|at| at <= now) {
@@ -608,6 +608,7 @@ impl<H: Handler> Engine<H> {
         };
         c.input_queued = queued;
         c.quiet_since = None;
+        c.quiet_seen = None;
         c.last_input = now;
         if c.link != NO_LINK {
             let key = c.key;

@@ -605,6 +605,10 @@ impl Intents for EpollQueue {
         socket::rtt(fd)
     }
 
+    fn unread_now(&mut self, fd: RawFd) -> usize {
+        socket::unread_bytes(fd)
+    }
+
     fn shutdown_both_now(&mut self, conn: ConnRef, fd: RawFd) {
         socket::shutdown(fd, libc::SHUT_RDWR);
         // The socket now reads EOF; no new edge may announce it.

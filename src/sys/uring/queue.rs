@@ -306,6 +306,10 @@ impl Intents for UringQueue<'_> {
         socket::rtt(fd)
     }
 
+    fn unread_now(&mut self, fd: RawFd) -> usize {
+        socket::unread_bytes(fd)
+    }
+
     fn shutdown_both_now(&mut self, _conn: ConnRef, fd: RawFd) {
         self.submit_before_syscalls();
         socket::shutdown(fd, libc::SHUT_RDWR);
