@@ -29,16 +29,33 @@
 //! alternate the subjects; medians and the maximum (p99 once there are 100 runs) are
 //! reported, then one JSON line.
 //!
+//! Two scenarios, for the busy connections' clients (the idle ones always close at EOF):
+//!
+//! - **close** (the default): a load client closes its socket as soon as it reads the
+//!   server's clean EOF, as the idle ones do.
+//! - **hold** (`BENCH_HOLD=1`): a load client that reads the server's clean EOF stops
+//!   (sends nothing more) and holds its socket open, without closing it, until the
+//!   server has exited (or was killed), or at the latest [`HOLD_MAX`] after the last
+//!   busy connection's EOF; then it closes. A server that waits for the client's FIN
+//!   waits for all of its linger here. Issue 13 item 9's target is stated on this
+//!   scenario: gracering's median signal-to-exit within x1.5 the `floor` subject's
+//!   (closing N connections), the plain close floor, not floor-fin.
+//!
+//! The floors are the same in both scenarios (they have no load clients). The scenario
+//! is named in the first line, above the table and in the JSON line (`"scenario"`).
+//!
 //! ```text
 //! cargo bench --bench drain_echo
 //! BENCH_RUNS=9 BENCH_SERVERS=gracering,tokio,tokio-drop,floor cargo bench --bench drain_echo
 //! BENCH_IDLE=1100 BENCH_CONNS=0 BENCH_VERBOSE=1 cargo bench --bench drain_echo
+//! BENCH_HOLD=1 cargo bench --bench drain_echo
 //! ```
 //!
 //! Environment: `BENCH_RUNS` (5), `BENCH_IDLE` (1000), `BENCH_CONNS` (100),
 //! `BENCH_LOAD_SECS` (1.0, load before the signal), `BENCH_SERVERS` (default
 //! `gracering,tokio,floor,floor-fin`; `GRACERING_BENCH_SERVERS` also works),
-//! `BENCH_VERBOSE` (set: print each server's stderr).
+//! `BENCH_HOLD` (0; 1: the hold scenario), `BENCH_VERBOSE` (set: print each server's
+//! stderr).
 //! The tokio peer's read-off is `GRACERING_BENCH_LINGER_MS` (1000; 0 = drop at once).
 //! Role (`GRACERING_BENCH_ROLE`): `floor` measures the floor for `GRACERING_BENCH_FLOOR_N` connections, in
 //! `GRACERING_BENCH_FLOOR_MODE` `close` (default) or `fin`.
@@ -73,6 +90,10 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Extra time clients hold on after the server's exit limit, so they see how it ended.
 const CLIENT_SLACK: Duration = Duration::from_secs(10);
+/// Hold scenario: the longest a load client holds its socket after the last busy
+/// connection's EOF, if the server has not exited by then (each server's linger, 1 s,
+/// is well within it).
+const HOLD_MAX: Duration = Duration::from_secs(5);
 /// The floor lets the connections settle this long before closing them.
 const FLOOR_SETTLE: Duration = Duration::from_millis(200);
 /// Time the floor child may take in all.
@@ -164,6 +185,8 @@ struct Settings {
     idle: usize,
     conns: usize,
     load: Duration,
+    /// The hold scenario: load clients hold their socket open after the server's EOF.
+    hold: bool,
 }
 
 impl Settings {
@@ -179,6 +202,11 @@ impl Settings {
             idle: env_or("BENCH_IDLE", 1000)?,
             conns: env_or("BENCH_CONNS", 100)?,
             load: Duration::try_from_secs_f64(env_or("BENCH_LOAD_SECS", 1.0)?)?,
+            hold: match env_or("BENCH_HOLD", 0u8)? {
+                0 => false,
+                1 => true,
+                other => return Err(format!("bad BENCH_HOLD: {other} (0 or 1)").into()),
+            },
         };
         if s.runs == 0 || s.subjects.is_empty() || s.idle + s.conns == 0 {
             return Err(
@@ -190,6 +218,22 @@ impl Settings {
 
     fn total(&self) -> usize {
         self.idle + self.conns
+    }
+
+    /// The scenario's name, as printed and in the JSON line.
+    fn scenario(&self) -> &'static str {
+        match self.hold {
+            true => "hold",
+            false => "close",
+        }
+    }
+
+    /// What the load clients do at the server's EOF, for the first line and the table.
+    fn scenario_text(&self) -> &'static str {
+        match self.hold {
+            true => "hold: busy clients stop and hold their socket open after the server's EOF",
+            false => "close: every client closes at the server's EOF",
+        }
     }
 }
 
@@ -208,6 +252,8 @@ struct Run {
     first_end_ms: Option<f64>,
     /// From the signal (floor: the first close) until half the idle connections ended.
     half_ended_ms: Option<f64>,
+    /// Servers: from the signal to the last busy connection's clean EOF.
+    last_load_eof_ms: Option<f64>,
     /// Servers: CPU time from the signal to exit. Floors: CPU time of the timed part.
     cpu_ms: Option<f64>,
     /// Connections the figure covers (for microseconds per connection).
@@ -262,11 +308,12 @@ fn bench() -> Result<(), Error> {
     pin::pin_current_thread(CLIENT_CPU)?;
     println!(
         "drain_echo: {} idle + {} busy connections ({MESSAGE} B echo ping-pong), SIGTERM after {:.1} s of load, \
-         {} runs; server on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}",
+         {} runs; server on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}; scenario {}",
         s.idle,
         s.conns,
         s.load.as_secs_f64(),
-        s.runs
+        s.runs,
+        s.scenario_text()
     );
     let mut runs: Vec<Vec<Run>> = (0..s.subjects.len()).map(|_| Vec::new()).collect();
     for n in 1..=s.runs {
@@ -310,10 +357,17 @@ fn measure_drain(subject: Subject, servers: &Servers, s: &Settings) -> Result<Ru
     cfg.timeout = REPLY_TIMEOUT;
     cfg.cpu = Some(CLIENT_CPU);
     cfg.drain_aware = true;
+    let hold = s.hold.then(|| loadgen::Hold::new(HOLD_MAX));
+    cfg.hold_after_eof = hold.clone();
     let load_started = Instant::now();
     let load = loadgen::spawn(&cfg)?;
     std::thread::sleep(s.load);
-    let exit = server.terminate(EXIT_TIMEOUT)?;
+    let exit = server.terminate(EXIT_TIMEOUT);
+    // The held sockets close once the server is gone (or could not be stopped).
+    if let Some(hold) = &hold {
+        hold.release();
+    }
+    let exit = exit?;
     let idle = holders.wait()?;
     let load = loadgen::join(load)?;
 
@@ -366,6 +420,7 @@ fn measure_drain(subject: Subject, servers: &Servers, s: &Settings) -> Result<Ru
         clients_closed_ms: since_signal(last_close),
         first_end_ms: since_signal(idle.first_end),
         half_ended_ms: since_signal(half_ended(&idle.ends)),
+        last_load_eof_ms: since_signal(load.last_eof),
         cpu_ms: exit.cpu.map(|d| d.as_secs_f64() * 1e3),
         conns: s.total(),
         load_rate: Some(load.messages as f64 / load_secs.max(1e-9)),
@@ -451,9 +506,11 @@ fn describe(subject: Subject, r: &Run) -> String {
     }
     let load = r.load.as_ref().map_or("-".into(), |l| {
         format!(
-            "load {:.0} msg/s, EOF {} reset {} invalid {} timeout {} connect {}",
+            "load {:.0} msg/s, EOF {} (held {}, last {} ms) reset {} invalid {} timeout {} connect {}",
             r.load_rate.unwrap_or(0.0),
             l.eof,
+            l.held,
+            opt_ms(r.last_load_eof_ms),
             l.resets,
             l.invalid,
             l.timeouts,
@@ -497,6 +554,9 @@ struct Summary {
     idle_eof: u64,
     idle_total: u64,
     load_eof: u64,
+    /// Of `load_eof`, the connections whose client held its socket open.
+    load_held: u64,
+    last_load_eof_median: Option<f64>,
     exit_codes: String,
 }
 
@@ -539,12 +599,19 @@ impl Summary {
                 .filter_map(|r| r.load.as_ref())
                 .map(|l| l.eof)
                 .sum(),
+            load_held: runs
+                .iter()
+                .filter_map(|r| r.load.as_ref())
+                .map(|l| l.held)
+                .sum(),
+            last_load_eof_median: med(|r| r.last_load_eof_ms),
             exit_codes,
         }
     }
 }
 
 /// gracering's median signal-to-exit over each reference: (JSON key, wording, target).
+/// The floor's target is the close scenario's; the hold scenario's is [`HOLD_FLOOR_TARGET`].
 const RATIOS: [(&str, &str, &str); 4] = [
     ("gracering_tokio", "tokio's", " (target <= x1.00)"),
     (
@@ -559,6 +626,9 @@ const RATIOS: [(&str, &str, &str); 4] = [
     ),
     ("gracering_floor_fin", "floor-fin's", ""),
 ];
+
+/// The hold scenario's target over the `floor` subject (issue 13 item 9).
+const HOLD_FLOOR_TARGET: &str = " (hold scenario's target <= x1.50)";
 
 /// The values of [`RATIOS`], where both sides were measured.
 fn ratios(summaries: &[Summary]) -> [Option<f64>; 4] {
@@ -577,8 +647,9 @@ fn ratios(summaries: &[Summary]) -> [Option<f64>; 4] {
 fn print_table(s: &Settings, summaries: &[Summary]) {
     let high = quantile_label(s.runs);
     println!(
-        "\n{} idle + {} busy connections, {} runs, medians (floors: {} connections; the exit \
+        "\nscenario {}\n{} idle + {} busy connections, {} runs, medians (floors: {} connections; the exit \
          figure is the close loop, for floor-fin first FIN to last close)",
+        s.scenario_text(),
         s.idle,
         s.conns,
         s.runs,
@@ -611,28 +682,43 @@ fn print_table(s: &Settings, summaries: &[Summary]) {
         );
     }
     println!(
-        "\n{:<10} {:>7} {:>7} {:>11} {:>9} {:>10}   (summed over the runs)",
-        "subject", "resets", "errors", "idle EOF", "load EOF", "exit codes"
+        "\n{:<10} {:>7} {:>7} {:>11} {:>9} {:>9} {:>14} {:>10}   (summed over the runs; last load EOF: median ms)",
+        "subject",
+        "resets",
+        "errors",
+        "idle EOF",
+        "load EOF",
+        "held",
+        "last load EOF",
+        "exit codes"
     );
     for x in summaries {
-        let load_eof = match x.subject {
-            Subject::Floor | Subject::FloorFin => "-".to_string(),
-            _ => x.load_eof.to_string(),
+        let (load_eof, held) = match x.subject {
+            Subject::Floor | Subject::FloorFin => ("-".to_string(), "-".to_string()),
+            _ => (x.load_eof.to_string(), x.load_held.to_string()),
         };
         println!(
-            "{:<10} {:>7} {:>7} {:>11} {:>9} {:>10}",
+            "{:<10} {:>7} {:>7} {:>11} {:>9} {:>9} {:>14} {:>10}",
             x.subject.name(),
             x.resets,
             x.errors,
             format!("{}/{}", x.idle_eof, x.idle_total),
             load_eof,
+            held,
+            opt_ms(x.last_load_eof_median),
             x.exit_codes
         );
     }
     let shown: Vec<String> = RATIOS
         .iter()
         .zip(ratios(summaries))
-        .filter_map(|((_, wording, target), r)| Some(format!("  x{:.2} {wording}{target}", r?)))
+        .filter_map(|((key, wording, target), r)| {
+            let target = match (*key, s.hold) {
+                ("gracering_floor", true) => HOLD_FLOOR_TARGET,
+                _ => target,
+            };
+            Some(format!("  x{:.2} {wording}{target}", r?))
+        })
         .collect();
     if !shown.is_empty() {
         println!("\ngracering signal-to-exit median (differences under ~15% are noise here):");
@@ -645,7 +731,8 @@ fn print_table(s: &Settings, summaries: &[Summary]) {
 fn json_line(s: &Settings, summaries: &[Summary]) -> String {
     let num = |v: Option<f64>| v.map_or("null".into(), |v| format!("{v:.3}"));
     let mut out = format!(
-        r#"{{"bench":"drain_echo","idle":{},"conns":{},"runs":{},"load_secs":{}"#,
+        r#"{{"bench":"drain_echo","scenario":"{}","idle":{},"conns":{},"runs":{},"load_secs":{}"#,
+        s.scenario(),
         s.idle,
         s.conns,
         s.runs,
@@ -654,7 +741,7 @@ fn json_line(s: &Settings, summaries: &[Summary]) -> String {
     for x in summaries {
         let _ = write!(
             out,
-            r#","{}":{{"exit_ms_median":{},"exit_ms_{}":{},"us_per_conn":{},"server_ms":{},"cpu_ms":{},"first_eof_ms":{},"half_eof_ms":{},"clients_closed_ms":{},"resets":{},"errors":{},"idle_eof":{},"idle_total":{},"load_eof":{},"exit_codes":"{}"}}"#,
+            r#","{}":{{"exit_ms_median":{},"exit_ms_{}":{},"us_per_conn":{},"server_ms":{},"cpu_ms":{},"first_eof_ms":{},"half_eof_ms":{},"clients_closed_ms":{},"resets":{},"errors":{},"idle_eof":{},"idle_total":{},"load_eof":{},"load_held":{},"last_load_eof_ms":{},"exit_codes":"{}"}}"#,
             x.subject.name(),
             num(Some(x.exit_median)),
             quantile_label(s.runs),
@@ -670,6 +757,8 @@ fn json_line(s: &Settings, summaries: &[Summary]) -> String {
             x.idle_eof,
             x.idle_total,
             x.load_eof,
+            x.load_held,
+            num(x.last_load_eof_median),
             x.exit_codes
         );
     }

@@ -20,12 +20,21 @@
 //! in [`Report::eof`], not as an error; a reset or a reply cut short stays an error.
 //! [`spawn`] runs the load in the background while the caller stops the server.
 //!
+//! Holding after EOF ([`Config::hold_after_eof`], off by default) is for a client that
+//! stops at the server's EOF but keeps its socket open: such a connection sends nothing
+//! more and is not closed; once no connection is left busy, the held sockets stay open
+//! until the caller releases them ([`Hold::release`]) or the hold's time limit passes,
+//! whichever comes first, and are closed then. A held socket the kernel reports broken
+//! meanwhile (a reset from the server) counts in [`Report::resets`].
+//!
 //! What is sent and what counts as a correct reply is the [`Workload`]: echo today; an
 //! HTTP mode slots in as another variant with its own `request` and `judge`.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,6 +45,8 @@ use crate::{pin, procstat};
 const SCAN_EVERY: Duration = Duration::from_millis(100);
 /// Events taken from the kernel per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 256;
+/// How often the held sockets' release is checked once no connection is busy.
+const RELEASE_POLL: Duration = Duration::from_millis(2);
 
 /// What each connection sends, and what counts as a correct reply.
 #[derive(Clone, Debug)]
@@ -108,6 +119,41 @@ pub struct Config {
     /// The server is expected to end connections during the run (it drains): a clean
     /// EOF between two messages ends that connection without counting as an error.
     pub drain_aware: bool,
+    /// Drain-aware runs only: a connection the server ends with a clean EOF is held
+    /// open (no more sends, no close) instead of closed at once, until the hold is
+    /// released or its time is up (see [`Hold`]). `None` (the default): closed at EOF.
+    pub hold_after_eof: Option<Hold>,
+}
+
+/// How long the sockets of [`Config::hold_after_eof`] stay open. Clones share one
+/// release, so the caller keeps a clone to call [`Hold::release`] on.
+#[derive(Clone, Debug)]
+pub struct Hold {
+    /// The held sockets are closed at the latest this long after the last busy
+    /// connection ended (when the load itself is over).
+    pub max: Duration,
+    released: Arc<AtomicBool>,
+}
+
+impl Hold {
+    /// A hold of at most `max` once the load is over, not released yet.
+    pub fn new(max: Duration) -> Hold {
+        Hold {
+            max,
+            released: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Lets the held sockets be closed: at once if the load is over, else as soon as it
+    /// is (within a few milliseconds).
+    pub fn release(&self) {
+        self.released.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Hold::release`] was called on this hold or a clone of it.
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
 }
 
 impl Config {
@@ -124,6 +170,7 @@ impl Config {
             cpu: None,
             server_pid: None,
             drain_aware: false,
+            hold_after_eof: None,
         }
     }
 }
@@ -145,6 +192,8 @@ pub struct Report {
     /// Connections the server ended with a clean EOF between two messages (drain-aware
     /// runs only); not an error.
     pub eof: u64,
+    /// Of [`Report::eof`], the connections held open after it ([`Config::hold_after_eof`]).
+    pub held: u64,
     /// Connections that waited longer than the timeout for a reply.
     pub timeouts: u64,
     /// The server's CPU time over the window, if a server PID was given.
@@ -153,7 +202,9 @@ pub struct Report {
     pub client_cpu_secs: f64,
     /// When the first connection saw a clean EOF (drain-aware runs).
     pub first_eof: Option<Instant>,
-    /// When the last connection was closed, whatever the cause.
+    /// When the last connection saw a clean EOF (drain-aware runs).
+    pub last_eof: Option<Instant>,
+    /// When the last connection was closed, whatever the cause (held ones included).
     pub last_close: Option<Instant>,
 }
 
@@ -211,6 +262,9 @@ struct Driver<'a> {
     epoll: Epoll,
     conns: Vec<Option<Conn>>,
     live: usize,
+    /// Sockets held open after their EOF, by token (empty unless holding is on).
+    held: Vec<Option<TcpStream>>,
+    held_live: usize,
     report: Report,
     now: Instant,
     warm_end: Instant,
@@ -228,6 +282,8 @@ impl<'a> Driver<'a> {
             epoll: Epoll::new()?,
             conns: Vec::with_capacity(cfg.conns),
             live: 0,
+            held: Vec::new(),
+            held_live: 0,
             report: Report::default(),
             now,
             warm_end: now + cfg.warmup,
@@ -259,7 +315,9 @@ impl<'a> Driver<'a> {
                 }
             }
         }
-        self.finish()
+        self.close_window()?;
+        self.hold_until_released(&mut events)?;
+        Ok(self.report)
     }
 
     /// Opens every connection (each connect waits at most `timeout`; none is tried once
@@ -308,6 +366,7 @@ impl<'a> Driver<'a> {
     fn on_ready(&mut self, token: usize) {
         // Events for a connection closed earlier in the same batch find `None`.
         let Some(conn) = self.conns[token].as_mut() else {
+            self.on_held(token);
             return;
         };
         match conn.on_ready(&self.epoll, self.cfg, self.now) {
@@ -318,13 +377,77 @@ impl<'a> Driver<'a> {
                     Fault::Reset => self.report.resets += 1,
                     Fault::Invalid => self.report.invalid += 1,
                     Fault::Eof => {
+                        let now = Instant::now();
                         self.report.eof += 1;
-                        self.report.first_eof.get_or_insert_with(Instant::now);
+                        self.report.first_eof.get_or_insert(now);
+                        self.report.last_eof = Some(now);
+                        if self.cfg.hold_after_eof.is_some() {
+                            return self.hold(token);
+                        }
                     }
                 }
                 self.close(token);
             }
         }
+    }
+
+    /// Takes a connection out of the load and keeps its socket open, watched for
+    /// errors only (a reset or a hang-up wakes the set; the EOF already read does not).
+    fn hold(&mut self, token: usize) {
+        let Some(conn) = self.conns[token].take() else {
+            return;
+        };
+        self.live -= 1;
+        if self.held.is_empty() {
+            self.held.resize_with(self.conns.len(), || None);
+        }
+        if self.epoll.modify(conn.fd(), token as u64, 0).is_err() {
+            // Not watched: it cannot be told from a broken one, so it is one.
+            self.report.resets += 1;
+            self.report.last_close = Some(Instant::now());
+            return;
+        }
+        self.report.held += 1;
+        self.held[token] = Some(conn.stream);
+        self.held_live += 1;
+    }
+
+    /// An event on a held socket: only an error or a hang-up can raise one, so the
+    /// connection was broken while held; it is counted as a reset and closed.
+    fn on_held(&mut self, token: usize) {
+        if let Some(stream) = self.held.get_mut(token).and_then(Option::take) {
+            drop(stream);
+            self.held_live -= 1;
+            self.report.resets += 1;
+            self.report.last_close = Some(Instant::now());
+        }
+    }
+
+    /// Once the load is over: keeps the held sockets open until the hold is released or
+    /// its time is up, then closes them.
+    fn hold_until_released(&mut self, events: &mut [libc::epoll_event]) -> io::Result<()> {
+        let Some(hold) = self.cfg.hold_after_eof.as_ref() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + hold.max;
+        while self.held_live > 0 && !hold.is_released() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let wait = left.min(RELEASE_POLL).as_micros().div_ceil(1000) as i32;
+            let n = self.epoll.wait(events, wait)?;
+            for ev in &events[..n] {
+                self.on_held(ev.u64 as usize);
+            }
+        }
+        if self.held_live > 0 {
+            // Dropping the sockets closes them (a FIN each: nothing unread is left).
+            self.held.clear();
+            self.held_live = 0;
+            self.report.last_close = Some(Instant::now());
+        }
+        Ok(())
     }
 
     fn count_message(&mut self) {
@@ -353,14 +476,15 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn finish(mut self) -> io::Result<Report> {
+    /// Ends the measured window: its length and the CPU times over it.
+    fn close_window(&mut self) -> io::Result<()> {
         if let Some(start) = self.window {
             self.report.elapsed = Instant::now() - start;
             self.report.client_cpu_secs = procstat::thread_cpu_seconds() - self.client_cpu_start;
             let end = self.server_cpu()?;
             self.report.server_cpu_secs = end.zip(self.cpu_start).map(|(e, s)| e - s);
         }
-        Ok(self.report)
+        Ok(())
     }
 
     fn server_cpu(&self) -> io::Result<Option<f64>> {
