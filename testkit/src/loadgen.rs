@@ -606,3 +606,91 @@ impl Conn {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Shutdown, TcpListener};
+
+    /// A one-connection echo server: echoes `messages` messages of `size` bytes, sends
+    /// FIN, then returns how long the client kept its socket open after that (the time
+    /// to its EOF), or `None` if it sent none within `wait`.
+    fn serve_then_fin(
+        listener: TcpListener,
+        size: usize,
+        messages: usize,
+        wait: Duration,
+    ) -> io::Result<Option<Duration>> {
+        let (mut stream, _) = listener.accept()?;
+        let mut buf = vec![0; size];
+        for _ in 0..messages {
+            stream.read_exact(&mut buf)?;
+            stream.write_all(&buf)?;
+        }
+        // The client's next message may be on its way: a drain reads it off.
+        stream.shutdown(Shutdown::Write)?;
+        let fin_sent = Instant::now();
+        stream.set_read_timeout(Some(wait))?;
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return Ok(Some(fin_sent.elapsed())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn config(addr: SocketAddr, hold: Option<Hold>) -> Config {
+        let mut cfg = Config::echo(addr, 1, 64);
+        cfg.warmup = Duration::ZERO;
+        cfg.duration = Duration::from_secs(10);
+        cfg.drain_aware = true;
+        cfg.hold_after_eof = hold;
+        cfg
+    }
+
+    #[test]
+    fn a_held_socket_stays_open_until_released() -> io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let hold = Hold::new(Duration::from_secs(10));
+        let load = spawn(&config(listener.local_addr()?, Some(hold.clone())))?;
+        let server =
+            std::thread::spawn(move || serve_then_fin(listener, 64, 3, Duration::from_millis(300)));
+        // The client sent no FIN in 300 ms after ours: it holds its socket.
+        assert_eq!(server.join().unwrap()?, None);
+        hold.release();
+        let report = join(load)?;
+        assert_eq!((report.eof, report.held, report.errors()), (1, 1, 0));
+        assert!(report.last_close >= report.last_eof);
+        Ok(())
+    }
+
+    #[test]
+    fn a_held_socket_is_closed_when_the_hold_times_out() -> io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let hold = Hold::new(Duration::from_millis(200));
+        let load = spawn(&config(listener.local_addr()?, Some(hold)))?;
+        let server =
+            std::thread::spawn(move || serve_then_fin(listener, 64, 3, Duration::from_secs(5)));
+        let held_for = server.join().unwrap()?.expect("closed by the hold's limit");
+        assert!(held_for >= Duration::from_millis(150), "{held_for:?}");
+        let report = join(load)?;
+        assert_eq!((report.eof, report.held, report.errors()), (1, 1, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn without_a_hold_the_socket_closes_at_eof() -> io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let load = spawn(&config(listener.local_addr()?, None))?;
+        let server =
+            std::thread::spawn(move || serve_then_fin(listener, 64, 3, Duration::from_secs(5)));
+        let held_for = server.join().unwrap()?.expect("closed at EOF");
+        assert!(held_for < Duration::from_secs(1), "{held_for:?}");
+        let report = join(load)?;
+        assert_eq!((report.eof, report.held, report.errors()), (1, 0, 0));
+        Ok(())
+    }
+}
