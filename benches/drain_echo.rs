@@ -25,6 +25,11 @@
 //! (by its PID) and we time the kill call to the child's exit (a pidfd turning
 //! readable), the server's CPU time in between (scheduler time before, `wait4` after),
 //! the first, median and last end seen by the clients, and how every connection ended.
+//! Beside the resets the clients saw, the kernel's own count of resets sent for sockets
+//! closed with unread data or receiving data after their close (`TCPAbortOnClose` +
+//! `TCPAbortOnData` of `/proc/net/netstat`, from the signal until every client closed;
+//! for the floors over the whole child) shows the ones a client that already closed never
+//! sees. It is machine-wide: another process resetting connections meanwhile counts too.
 //! The floors report the same from inside (their figure is the timed loop). Runs
 //! alternate the subjects; medians and the maximum (p99 once there are 100 runs) are
 //! reported, then one JSON line.
@@ -266,6 +271,8 @@ struct Run {
     killed: bool,
     /// Extra detail for the run's line (gracering's drain report).
     note: String,
+    /// Resets the kernel sent over the run, machine-wide ([`testkit::procstat::tcp_aborts`]).
+    kernel_aborts: Option<u64>,
 }
 
 impl Run {
@@ -362,6 +369,7 @@ fn measure_drain(subject: Subject, servers: &Servers, s: &Settings) -> Result<Ru
     let load_started = Instant::now();
     let load = loadgen::spawn(&cfg)?;
     std::thread::sleep(s.load);
+    let aborts_before = testkit::procstat::tcp_aborts().ok();
     let exit = server.terminate(EXIT_TIMEOUT);
     // The held sockets close once the server is gone (or could not be stopped).
     if let Some(hold) = &hold {
@@ -370,6 +378,7 @@ fn measure_drain(subject: Subject, servers: &Servers, s: &Settings) -> Result<Ru
     let exit = exit?;
     let idle = holders.wait()?;
     let load = loadgen::join(load)?;
+    let aborts_after = testkit::procstat::tcp_aborts().ok();
 
     let since_signal = |t: Option<Instant>| {
         t.map(|t| t.saturating_duration_since(exit.signalled_at).as_secs_f64() * 1e3)
@@ -429,6 +438,9 @@ fn measure_drain(subject: Subject, servers: &Servers, s: &Settings) -> Result<Ru
         exit_code: exit.status.code(),
         killed: exit.killed,
         note,
+        kernel_aborts: aborts_before
+            .zip(aborts_after)
+            .map(|(b, a)| a.saturating_sub(b)),
     })
 }
 
@@ -442,7 +454,9 @@ fn measure_floor(subject: Subject, s: &Settings) -> Result<Run, Error> {
     cmd.env("GRACERING_BENCH_ROLE", "floor")
         .env("GRACERING_BENCH_FLOOR_N", s.total().to_string())
         .env("GRACERING_BENCH_FLOOR_MODE", mode);
+    let aborts_before = testkit::procstat::tcp_aborts().ok();
     let out = testkit::process::run_pinned(&mut cmd, SERVER_CPU, FLOOR_TIMEOUT)?;
+    let aborts_after = testkit::procstat::tcp_aborts().ok();
     let line = out.stdout.lines().find(|l| l.contains("\"floor\""));
     let (Some(line), true) = (line, out.status.success()) else {
         return Err(format!("floor failed ({}): {}", out.status, out.stderr.trim()).into());
@@ -466,6 +480,9 @@ fn measure_floor(subject: Subject, s: &Settings) -> Result<Run, Error> {
             ..idle::Report::default()
         },
         exit_code: out.status.code(),
+        kernel_aborts: aborts_before
+            .zip(aborts_after)
+            .map(|(b, a)| a.saturating_sub(b)),
         ..Run::default()
     })
 }
@@ -481,6 +498,10 @@ fn opt_ms(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2}"))
 }
 
+fn opt_count(v: Option<u64>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
 fn describe(subject: Subject, r: &Run) -> String {
     let i = &r.idle;
     let timeline = format!(
@@ -492,7 +513,7 @@ fn describe(subject: Subject, r: &Run) -> String {
     if subject.is_floor() {
         return format!(
             "close {:.2} ms for {} ({:.1} us/conn, CPU {} ms); {timeline}; \
-             EOF {}/{} reset {} other {} still open {}",
+             EOF {}/{} reset {} other {} still open {}; kernel resets {}",
             r.exit_ms,
             r.conns,
             r.us_per_conn(),
@@ -501,7 +522,8 @@ fn describe(subject: Subject, r: &Run) -> String {
             i.opened,
             i.resets,
             i.other_errors,
-            i.still_open
+            i.still_open,
+            opt_count(r.kernel_aborts)
         );
     }
     let load = r.load.as_ref().map_or("-".into(), |l| {
@@ -519,7 +541,7 @@ fn describe(subject: Subject, r: &Run) -> String {
     });
     format!(
         "exit {:.2} ms ({:.1} us/conn; server says {} ms, CPU {} ms); {timeline}; \
-         idle EOF {}/{} reset {} other {} data {} open-err {} still open {}; {load}; exit code {}{} {}",
+         idle EOF {}/{} reset {} other {} data {} open-err {} still open {}; {load}; kernel resets {}; exit code {}{} {}",
         r.exit_ms,
         r.us_per_conn(),
         opt_ms(r.server_ms),
@@ -531,6 +553,7 @@ fn describe(subject: Subject, r: &Run) -> String {
         i.unexpected_data,
         i.open_errors,
         i.still_open,
+        opt_count(r.kernel_aborts),
         r.exit_code.map_or("none".into(), |c| c.to_string()),
         if r.killed { " (KILLED)" } else { "" },
         r.note
@@ -550,6 +573,8 @@ struct Summary {
     half_ended_median: Option<f64>,
     clients_closed_median: Option<f64>,
     resets: u64,
+    /// Summed over the runs; `None` if any run could not read the count.
+    kernel_aborts: Option<u64>,
     errors: u64,
     idle_eof: u64,
     idle_total: u64,
@@ -588,6 +613,7 @@ impl Summary {
             half_ended_median: med(|r| r.half_ended_ms),
             clients_closed_median: med(|r| r.clients_closed_ms),
             resets: runs.iter().map(Run::resets).sum(),
+            kernel_aborts: runs.iter().map(|r| r.kernel_aborts).sum(),
             errors: runs.iter().map(Run::errors).sum(),
             idle_eof: runs.iter().map(|r| r.idle.eof).sum(),
             idle_total: runs
@@ -682,9 +708,10 @@ fn print_table(s: &Settings, summaries: &[Summary]) {
         );
     }
     println!(
-        "\n{:<10} {:>7} {:>7} {:>11} {:>9} {:>9} {:>14} {:>10}   (summed over the runs; last load EOF: median ms)",
+        "\n{:<10} {:>7} {:>10} {:>7} {:>11} {:>9} {:>9} {:>14} {:>10}   (summed over the runs; last load EOF: median ms)",
         "subject",
         "resets",
+        "kernel RST",
         "errors",
         "idle EOF",
         "load EOF",
@@ -698,9 +725,10 @@ fn print_table(s: &Settings, summaries: &[Summary]) {
             _ => (x.load_eof.to_string(), x.load_held.to_string()),
         };
         println!(
-            "{:<10} {:>7} {:>7} {:>11} {:>9} {:>9} {:>14} {:>10}",
+            "{:<10} {:>7} {:>10} {:>7} {:>11} {:>9} {:>9} {:>14} {:>10}",
             x.subject.name(),
             x.resets,
+            opt_count(x.kernel_aborts),
             x.errors,
             format!("{}/{}", x.idle_eof, x.idle_total),
             load_eof,
@@ -741,7 +769,7 @@ fn json_line(s: &Settings, summaries: &[Summary]) -> String {
     for x in summaries {
         let _ = write!(
             out,
-            r#","{}":{{"exit_ms_median":{},"exit_ms_{}":{},"us_per_conn":{},"server_ms":{},"cpu_ms":{},"first_eof_ms":{},"half_eof_ms":{},"clients_closed_ms":{},"resets":{},"errors":{},"idle_eof":{},"idle_total":{},"load_eof":{},"load_held":{},"last_load_eof_ms":{},"exit_codes":"{}"}}"#,
+            r#","{}":{{"exit_ms_median":{},"exit_ms_{}":{},"us_per_conn":{},"server_ms":{},"cpu_ms":{},"first_eof_ms":{},"half_eof_ms":{},"clients_closed_ms":{},"resets":{},"kernel_resets":{},"errors":{},"idle_eof":{},"idle_total":{},"load_eof":{},"load_held":{},"last_load_eof_ms":{},"exit_codes":"{}"}}"#,
             x.subject.name(),
             num(Some(x.exit_median)),
             quantile_label(s.runs),
@@ -753,6 +781,7 @@ fn json_line(s: &Settings, summaries: &[Summary]) -> String {
             num(x.half_ended_median),
             num(x.clients_closed_median),
             x.resets,
+            x.kernel_aborts.map_or("null".into(), |v| v.to_string()),
             x.errors,
             x.idle_eof,
             x.idle_total,

@@ -15,6 +15,8 @@
 //! [`system_cpu`] is the machine-wide total, to see what else ran during a window.
 //! [`open_fds`] counts a process's descriptors (the tests' leak checks), and
 //! [`process_tree`] finds its descendants (nginx's worker under its master).
+//! [`tcp_aborts`] counts the resets the kernel sent for sockets closed with unread data
+//! (machine-wide), which a client that already closed its end never sees.
 
 use std::fs;
 use std::io;
@@ -133,6 +135,29 @@ pub fn system_cpu() -> io::Result<SystemCpu> {
         busy: (field(0) + field(1) + field(2) + field(5) + field(6)) as f64 / per_second,
         steal: field(7) as f64 / per_second,
     })
+}
+
+/// The kernel's machine-wide count of connections it reset because a socket was closed
+/// with unread data in its receive queue (`TCPAbortOnClose`) or received data after it
+/// was closed (`TCPAbortOnData`), from the `TcpExt` lines of `/proc/net/netstat`. Sample
+/// it before and after a window: the difference counts every process's resets, so it
+/// means something only while nothing else on the machine closes sockets that way.
+pub fn tcp_aborts() -> io::Result<u64> {
+    let netstat = fs::read_to_string("/proc/net/netstat")?;
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "/proc/net/netstat: no TcpExt lines",
+        ));
+    };
+    let mut total = 0;
+    for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+        if name == "TCPAbortOnClose" || name == "TCPAbortOnData" {
+            total += value.parse::<u64>().map_err(|_| bad_stat(value))?;
+        }
+    }
+    Ok(total)
 }
 
 /// How many descriptors `pid` has open.
