@@ -193,6 +193,8 @@ pub(crate) struct Connection<S> {
     /// came in between, so a whole reap of completions separates the two (a long turn
     /// cannot pass for a quiet peer).
     pub quiet_seen: Option<u64>,
+    /// It lingered and the linger ended for quiet (not an abort, not the peer's FIN).
+    pub lingered: bool,
 }
 
 impl<S> Connection<S> {
@@ -240,6 +242,7 @@ impl<S> Connection<S> {
             linger_quiet: Duration::ZERO,
             linger_end: now,
             quiet_seen: None,
+            lingered: false,
         }
     }
 
@@ -338,6 +341,7 @@ impl<S> Connection<S> {
             (Closing::Open, true) => self.closing = Closing::AfterFlush(reason),
             (Closing::Open | Closing::AfterFlush(_) | Closing::Lingering(_), false) => {
                 self.closing = Closing::Now(reason);
+                self.lingered = false; // an abort does not read on
                 self.out.clear();
                 if self.sending {
                     q.cancel_send(self.conn_ref());
@@ -385,6 +389,7 @@ impl<S> Connection<S> {
                 // Quiet at two checks with a reap between, and nothing waits in the
                 // socket: nothing is on the way.
                 Some(seen) if seen < turn && q.unread_now(self.fd) == 0 => {
+                    self.lingered = true;
                     return self.end_linger(q, linger);
                 }
                 Some(seen) if seen < turn => self.quiet_seen = None, // bytes wait: read on
@@ -430,9 +435,10 @@ impl<S> Connection<S> {
             let silent = linger.now.saturating_duration_since(self.last_activity());
             if self.read_done || self.discard_full {
                 self.closing = Closing::Now(reason);
-            } else if silent >= quiet && q.unread_now(self.fd) == 0 {
-                // Both sides quiet for the connection's quiet already: no byte of the
-                // peer is on the way.
+            } else if silent >= linger.time && q.unread_now(self.fd) == 0 {
+                // Both sides quiet for a whole linger already: no byte of the peer is on
+                // the way. (Not for the shorter quiet: the engine's view of the peer may
+                // be a long turn old; the linger's own checks confirm it after a reap.)
                 // Shutting down both directions sends the FIN now and ends the receive
                 // in flight (it completes with EOF), which saves cancelling it.
                 self.closing = Closing::Now(reason);
@@ -456,6 +462,22 @@ impl<S> Connection<S> {
         if let Closing::Now(reason) = self.closing {
             self.cancel_recv(q);
             if !self.sending && self.recv == Recv::Off && !self.connecting {
+                if self.lingered
+                    && !self.read_done
+                    && linger.now < self.linger_end
+                    && q.unread_now(self.fd) > 0
+                {
+                    // Bytes came after the linger judged the peer quiet: read them off
+                    // first, a close now would reset the connection.
+                    self.closing = Closing::Lingering(reason);
+                    self.quiet_seen = None;
+                    linger.check_at(
+                        crate::clock::after(linger.now, self.linger_quiet).min(self.linger_end),
+                        self.conn_ref(),
+                    );
+                    self.arm_recv(q);
+                    return;
+                }
                 q.close(self.conn_ref(), self.fd);
                 self.closing = Closing::Submitted(reason);
             }
