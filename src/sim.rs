@@ -74,6 +74,10 @@ struct PeerState {
     eof: bool,
     /// The peer ignores EOF instead of closing its own side in answer.
     holds_open: bool,
+    /// The peer stopped reading: a send to it waits (in `held`) until it reads again.
+    stopped_reading: bool,
+    /// The send waiting for the peer to read, with the engine's reference.
+    held: Option<(ConnRef, OutBuf)>,
     closed: bool,
     /// An outbound connection (the worker dialed it): where to, and whether its
     /// connect is still waiting for the test's answer.
@@ -84,7 +88,7 @@ struct PeerState {
 /// A completion waiting to be delivered at the next turn.
 #[derive(Debug)]
 enum Pending {
-    Sent(ConnRef, usize, OutBuf),
+    Sent(ConnRef, Result<usize, i32>, OutBuf),
     RecvEnded(ConnRef, RecvEnd),
     Closed(ConnRef),
     Connected(ConnRef, Result<(), i32>),
@@ -122,6 +126,51 @@ impl Kernel {
         Some(p)
     }
 
+    /// Panics if an operation of an earlier connection in `conn`'s slot (same key,
+    /// another generation) is still in flight: the engine reused the slot too early.
+    fn check_slot(&self, conn: ConnRef) {
+        let other = |c: &ConnRef| c.key == conn.key && c.generation != conn.generation;
+        let armed = self.peers.iter().any(|p| {
+            p.conn.as_ref().is_some_and(other)
+                && !p.closed
+                && (p.recv_armed || p.held.is_some() || p.dialing)
+        });
+        let pending = self.completions.iter().any(|done| match done {
+            Pending::Sent(c, ..)
+            | Pending::RecvEnded(c, _)
+            | Pending::Closed(c)
+            | Pending::Connected(c, _) => other(c),
+            Pending::AcceptEnded(_) | Pending::Signal(_) | Pending::Stale(..) => false,
+        });
+        assert!(
+            !armed && !pending,
+            "slot {} reused (generation {}) while an operation of an earlier generation \
+             is in flight",
+            conn.key,
+            conn.generation
+        );
+    }
+
+    /// Panics unless `conn` has no operation in flight (the contract of `close`).
+    fn check_quiet(&self, conn: ConnRef) {
+        let busy = self.peers.iter().any(|p| {
+            p.conn == Some(conn) && !p.closed && (p.recv_armed || p.held.is_some() || p.dialing)
+        });
+        let pending = self.completions.iter().any(|done| match done {
+            Pending::Sent(c, ..) | Pending::RecvEnded(c, _) | Pending::Connected(c, _) => {
+                *c == conn
+            }
+            Pending::Closed(_) | Pending::AcceptEnded(_) | Pending::Signal(_) => false,
+            Pending::Stale(..) => false,
+        });
+        assert!(
+            !busy && !pending,
+            "close of slot {} (generation {}) with an operation in flight",
+            conn.key,
+            conn.generation
+        );
+    }
+
     fn peer_of(&mut self, conn: ConnRef) -> Option<&mut PeerState> {
         self.peers
             .iter_mut()
@@ -144,6 +193,7 @@ impl Intents for Kernel {
 
     fn recv(&mut self, conn: ConnRef, fd: RawFd) {
         self.ops += 1;
+        self.check_slot(conn);
         if let Some(p) = self.bind(conn, fd) {
             p.recv_armed = true;
         }
@@ -151,11 +201,20 @@ impl Intents for Kernel {
 
     fn send(&mut self, conn: ConnRef, fd: RawFd, buf: OutBuf) {
         self.ops += 1;
+        self.check_slot(conn);
         let n = buf.remaining().len();
         if let Some(p) = self.bind(conn, fd) {
+            assert!(
+                p.held.is_none(),
+                "a second send in flight on one connection"
+            );
+            if p.stopped_reading {
+                p.held = Some((conn, buf));
+                return;
+            }
             p.inbox.extend_from_slice(buf.remaining());
         }
-        self.completions.push_back(Pending::Sent(conn, n, buf));
+        self.completions.push_back(Pending::Sent(conn, Ok(n), buf));
     }
 
     fn cancel_recv(&mut self, conn: ConnRef) {
@@ -169,12 +228,20 @@ impl Intents for Kernel {
         }
     }
 
-    fn cancel_send(&mut self, _conn: ConnRef) {
-        self.ops += 1; // sends complete in full at once; nothing to cancel
+    fn cancel_send(&mut self, conn: ConnRef) {
+        self.ops += 1; // only a send to a peer that stopped reading is still in flight
+        if let Some(p) = self.peer_of(conn)
+            && let Some((conn, buf)) = p.held.take()
+        {
+            let cancelled = Pending::Sent(conn, Err(libc::ECANCELED), buf);
+            self.completions.push_back(cancelled);
+        }
     }
 
     fn close(&mut self, conn: ConnRef, fd: RawFd) {
         self.ops += 1;
+        self.check_slot(conn);
+        self.check_quiet(conn);
         if let Some(p) = self.bind(conn, fd) {
             p.closed = true;
             p.eof = true;
@@ -291,8 +358,7 @@ impl Driver for SimDriver {
                 break;
             };
             match done {
-                Pending::Sent(conn, n, buf) => {
-                    let result = Ok(n);
+                Pending::Sent(conn, result, buf) => {
                     handle(Event::Sent { conn, result, buf }, kernel)
                 }
                 Pending::RecvEnded(conn, why) => handle(Event::RecvEnded { conn, why }, kernel),
@@ -497,12 +563,38 @@ impl<H: Handler> Sim<H> {
         self.kernel_mut().peers[peer.index].holds_open = true;
     }
 
-    /// The peer resets the connection (the server's receive fails with ECONNRESET).
+    /// The peer resets the connection (the server's receive fails with ECONNRESET, and
+    /// so does a send waiting for the peer to read).
     pub fn reset(&mut self, peer: Peer) {
-        self.kernel_mut().peers[peer.index].reset = true;
+        let p = &mut self.kernel_mut().peers[peer.index];
+        p.reset = true;
+        if let Some((conn, buf)) = p.held.take() {
+            let failed = Pending::Sent(conn, Err(libc::ECONNRESET), buf);
+            self.kernel_mut().completions.push_back(failed);
+        }
     }
 
-    /// A signal (SIGTERM or SIGINT) arrives through the worker's signalfd.
+    /// The peer stops reading (its receive window is full): a send to it stays in
+    /// flight until [`resume_reading`](Sim::resume_reading), or until it is cancelled.
+    pub fn stop_reading(&mut self, peer: Peer) {
+        self.kernel_mut().peers[peer.index].stopped_reading = true;
+    }
+
+    /// The peer reads again: the send waiting for it completes (in full) at the next turn.
+    pub fn resume_reading(&mut self, peer: Peer) {
+        let p = &mut self.kernel_mut().peers[peer.index];
+        p.stopped_reading = false;
+        if let Some((conn, buf)) = p.held.take() {
+            p.inbox.extend_from_slice(buf.remaining());
+            let n = buf.remaining().len();
+            self.kernel_mut()
+                .completions
+                .push_back(Pending::Sent(conn, Ok(n), buf));
+        }
+    }
+
+    /// A signal (SIGTERM, SIGINT or SIGQUIT stop the server; others are logged and
+    /// ignored) arrives through the worker's signalfd.
     pub fn signal(&mut self, signo: i32) {
         self.kernel_mut()
             .completions
