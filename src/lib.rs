@@ -111,6 +111,9 @@ mod config;
 mod contract;
 mod drain;
 mod engine;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 pub mod http;
 mod listener;

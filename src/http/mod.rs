@@ -55,7 +55,7 @@
 //! # Ok(()) }
 //! ```
 
-mod chunked;
+pub(crate) mod chunked;
 mod parse;
 mod request;
 mod response;
