@@ -580,6 +580,22 @@ impl<H: Handler> Sim<H> {
         self.kernel_mut().peers[peer.index].stopped_reading = true;
     }
 
+    /// The peer, still not reading on, takes `n` bytes of the send waiting for it: that
+    /// send completes short (`n` of its bytes) at the next turn, and the engine sends the
+    /// rest. Nothing happens with no send waiting or `n` of 0.
+    pub fn read_some(&mut self, peer: Peer, n: usize) {
+        let p = &mut self.kernel_mut().peers[peer.index];
+        if n == 0 {
+            return;
+        }
+        if let Some((conn, buf)) = p.held.take() {
+            let n = n.min(buf.remaining().len());
+            p.inbox.extend_from_slice(&buf.remaining()[..n]);
+            let short = Pending::Sent(conn, Ok(n), buf);
+            self.kernel_mut().completions.push_back(short);
+        }
+    }
+
     /// The peer reads again: the send waiting for it completes (in full) at the next turn.
     pub fn resume_reading(&mut self, peer: Peer) {
         let p = &mut self.kernel_mut().peers[peer.index];
@@ -706,6 +722,58 @@ mod tests {
             data.len()
         }
         fn on_drain(&mut self, _: &mut (), _: &mut Conn<'_>) {}
+    }
+
+    /// Writes 10 KiB for every byte it receives.
+    struct Flood;
+    impl Handler for Flood {
+        type State = ();
+        type Message = ();
+        fn on_open(&mut self, _: &mut Conn<'_>) {}
+        fn on_data(&mut self, _: &mut (), conn: &mut Conn<'_>, data: &[u8]) -> usize {
+            for _ in data {
+                conn.write(&[b'x'; 10 * 1024]);
+            }
+            data.len()
+        }
+    }
+
+    /// A peer that stops reading holds the send in flight; what it reads in part comes
+    /// back as a short send and the engine sends the rest; once it reads again the rest
+    /// arrives whole.
+    #[test]
+    fn a_peer_that_stops_reading_holds_the_send_and_short_sends_resume() {
+        let mut sim = Sim::new(Flood);
+        let peer = sim.connect();
+        sim.stop_reading(peer);
+        sim.send(peer, b"a");
+        sim.run_until_idle();
+        assert_eq!(sim.received_len(peer), 0, "nothing read yet");
+        sim.read_some(peer, 1000);
+        sim.run_until_idle();
+        assert_eq!(sim.received_len(peer), 1000);
+        sim.resume_reading(peer);
+        sim.run_until_idle();
+        assert_eq!(sim.take_received(peer), vec![b'x'; 10 * 1024]);
+    }
+
+    /// The grace deadline cancels a send the peer never reads: the connection is cut
+    /// (aborted) and the drain ends.
+    #[test]
+    fn the_grace_deadline_cancels_a_send_the_peer_never_reads() {
+        let grace = Duration::from_secs(1);
+        let mut sim = Sim::with_config(Flood, &Builder::new().grace_period(grace));
+        let peer = sim.connect();
+        sim.stop_reading(peer);
+        sim.send(peer, b"a");
+        sim.run_until_idle();
+        sim.signal(libc::SIGTERM);
+        sim.run_until_idle();
+        assert!(!sim.is_done(), "the send is still in flight");
+        sim.advance(grace);
+        sim.run_until_idle();
+        assert!(sim.is_closed(peer) && sim.is_done());
+        assert_eq!(sim.drain_report().aborted, 1);
     }
 
     /// The drain's clock is the simulation's: the grace deadline falls exactly where the
