@@ -1,18 +1,23 @@
 //! The engine driven by arbitrary event sequences through the in-memory backend.
 //!
-//! Input: four configuration bytes (buffer size, unsent and pending-input limits,
-//! grace period, linger, readiness delay), then a program: each byte picks an event
-//! (a peer connects, sends, shuts down its write side, resets, stops or resumes reading,
-//! holds its socket open after EOF; the clock moves; a signal arrives; the loop turns;
-//! a stale completion arrives) and the bytes after it its arguments. What the peers send
+//! Input: four configuration bytes (buffer size and readiness delay, unsent and
+//! pending-input limits, grace period, linger), then a program of (op, argument) byte
+//! pairs, some ops reading more bytes. The low 7 bits of an op pick the event: a peer
+//! connects, sends, shuts down its write side, resets, stops reading, reads part of what
+//! waits for it (a short send), resumes reading, holds its socket open after EOF; the
+//! clock moves; a signal arrives (SIGTERM, SIGINT, SIGQUIT, or one that is ignored); a
+//! stale completion arrives; a message is posted to the worker; from 14 on, a few loop
+//! turns. Bit 7 runs the loop until it is at rest after the event. What the peers send
 //! is the handler's program in turn (echo, close, close when idle, timers, big outputs,
 //! partial consumption, mailbox answers).
 //!
 //! Checks: nothing panics (the in-memory kernel itself asserts that no slot is reused
 //! while an operation of its earlier connection is in flight, and that no descriptor is
 //! closed with an operation in flight); the loop always comes to rest (no spinning);
-//! every connection opened is closed exactly once; after a final SIGTERM the drain ends
-//! within its grace period, linger and readiness delay, with every connection closed.
+//! every connection opened is closed exactly once, and the engine's counters agree with
+//! the handler's; after a final SIGTERM the drain ends within its readiness delay, grace
+//! period and linger, with every peer's connection closed and the drain's figures
+//! counting no more connections than were accepted.
 #![no_main]
 
 use std::cell::RefCell;
@@ -36,6 +41,8 @@ struct Books {
     open: HashSet<u64>,
     opened: u64,
     closed: u64,
+    /// Messages to the worker itself, seen.
+    messages: u64,
     /// Where to post answers to (a connection's address with its tag), for `m`.
     addrs: Vec<ConnAddr>,
 }
@@ -136,6 +143,10 @@ impl Handler for Chaos {
         }
     }
 
+    fn on_message(&mut self, msg: u8) {
+        self.0.borrow_mut().messages += u64::from(msg > 0);
+    }
+
     fn on_conn_message(&mut self, _: &mut State, conn: &mut Conn<'_>, _: ConnAddr, msg: u8) {
         conn.write(&[msg]);
     }
@@ -213,7 +224,7 @@ fuzz_target!(|data: &[u8]| {
     while !program.0.is_empty() {
         let op = program.byte();
         let arg = program.byte();
-        match op % 12 {
+        match op & 0x7f {
             0 | 1 if peers.len() < 32 => peers.push(sim.connect()),
             2 | 3 => {
                 if let Some(p) = pick(&peers, arg) {
@@ -241,11 +252,20 @@ fuzz_target!(|data: &[u8]| {
                 6 => libc::SIGHUP,
                 _ => libc::SIGUSR1,
             }),
-            11 if arg.is_multiple_of(4) => {
+            11 => {
                 // A completion from the kernel for a connection closed since: ignored.
-                if let Some(p) = pick(&peers, arg / 4).filter(|&p| sim.is_closed(p)) {
+                if let Some(p) = pick(&peers, arg).filter(|&p| sim.is_closed(p)) {
                     sim.deliver_stale(p, b"late");
                 }
+            }
+            12 => {
+                let n = usize::from(program.byte()) * 64;
+                pick(&peers, arg)
+                    .into_iter()
+                    .for_each(|p| sim.read_some(p, n))
+            }
+            13 => {
+                let _ = sim.mailbox().post(arg);
             }
             _ => {
                 post_answers(&mut sim, &books);
@@ -286,4 +306,22 @@ fuzz_target!(|data: &[u8]| {
         books.open
     );
     assert_eq!(books.opened, books.closed);
+    let stats = sim.stats();
+    assert_eq!(stats.accepted, books.opened, "accepted vs on_open");
+    assert_eq!(stats.closed, books.closed, "closed vs on_close");
+    assert_eq!(stats.handler_panics, 0);
+    assert!(
+        books.messages <= stats.messages,
+        "messages seen vs delivered"
+    );
+    for &p in &peers {
+        assert!(sim.is_closed(p), "a peer's connection was never closed");
+    }
+    let drain = sim.drain_report();
+    let counted = drain.drained + drain.closed_idle + drain.aborted;
+    assert!(
+        counted <= stats.accepted,
+        "the drain counted {counted} connections of {} accepted",
+        stats.accepted
+    );
 });
