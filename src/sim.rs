@@ -318,8 +318,14 @@ impl Intents for Kernel {
         self.ops += 1;
         self.listening = false;
         if give_up {
+            // Closing the listener resets what is still queued: those peers' connections
+            // end here (they never reach the engine).
             let lost = self.accept_queue.len();
-            self.accept_queue.clear();
+            for index in self.accept_queue.drain(..) {
+                let p = &mut self.peers[index];
+                p.closed = true;
+                p.eof = true;
+            }
             return BacklogEnd::GaveUp { errno: 0, lost };
         }
         while let Some(index) = self.accept_queue.pop_front() {
