@@ -42,25 +42,24 @@ pub fn pieces(input: &[u8], seed: u8, shape: u8) -> Vec<&[u8]> {
     out
 }
 
-/// Replaces the value of every `date:` header line (29 bytes) with a fixed one: the
-/// HTTP layer reads the wall clock for it, so two runs may differ there and nowhere else.
-pub fn without_dates(mut wire: Vec<u8>) -> Vec<u8> {
+/// Replaces the value of a `date:` header line (29 bytes) in a response head with a
+/// fixed one: the HTTP layer reads the wall clock for it, so two runs may differ there
+/// and nowhere else. Only the head is touched (a body may echo anything).
+fn mask_date(head: &mut [u8]) {
     const KEY: &[u8] = b"\r\ndate: ";
-    let mut i = 0;
-    while let Some(at) = wire[i..].windows(KEY.len()).position(|w| w == KEY) {
-        let start = i + at + KEY.len();
-        let end = (start + 29).min(wire.len());
-        wire[start..end].fill(b'D');
-        i = end;
+    if let Some(at) = head.windows(KEY.len()).position(|w| w == KEY) {
+        let start = at + KEY.len();
+        let end = (start + 29).min(head.len());
+        head[start..end].fill(b'D');
     }
-    wire
 }
 
 /// Splits what the server sent into responses and checks that each is well formed:
 /// starts with `HTTP/1.1 `, parses, and carries exactly its `Content-Length` of body
 /// (none after a 100 Continue, or when it answers a HEAD: the service marks those with
-/// `x-head`). Returns each response with its status code. Panics on anything else.
-pub fn responses(mut wire: &[u8]) -> Vec<(u16, &[u8])> {
+/// `x-head`). Returns each response with its status code, its `Date` value masked.
+/// Panics on anything else.
+pub fn responses(mut wire: &[u8]) -> Vec<(u16, Vec<u8>)> {
     let mut statuses = Vec::new();
     while !wire.is_empty() {
         assert!(
@@ -97,7 +96,9 @@ pub fn responses(mut wire: &[u8]) -> Vec<(u16, &[u8])> {
             wire.len() >= head + body,
             "a response shorter than its Content-Length"
         );
-        statuses.push((status, &wire[..head + body]));
+        let mut response = wire[..head + body].to_vec();
+        mask_date(&mut response[..head]);
+        statuses.push((status, response));
         wire = &wire[head + body..];
     }
     statuses
