@@ -39,6 +39,22 @@ fn limit_descriptors(cmd: &mut std::process::Command) {
     }
 }
 
+/// The echo example with [`NOFILE`] descriptors, draining at once on SIGTERM.
+fn spawn_short_of_descriptors() -> ChildServer {
+    spawn_example(
+        "echo",
+        &[
+            "--workers",
+            "1",
+            "--drain-delay",
+            "0ms",
+            "--grace-period",
+            "10s",
+        ],
+        limit_descriptors,
+    )
+}
+
 /// Opens connections that each send "ping" until the server stops answering (out of
 /// descriptors): the served ones, then `extra` more that wait in the backlog.
 fn exhaust(addr: std::net::SocketAddr, extra: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
@@ -66,18 +82,7 @@ fn exhaust(addr: std::net::SocketAddr, extra: usize) -> (Vec<TcpStream>, Vec<Tcp
 /// report said 0 aborted, exit 0).
 #[test]
 fn the_drain_serves_the_backlog_as_descriptors_free_up() {
-    let mut server = spawn_example(
-        "echo",
-        &[
-            "--workers",
-            "1",
-            "--drain-delay",
-            "0ms",
-            "--grace-period",
-            "10s",
-        ],
-        limit_descriptors,
-    );
+    let mut server = spawn_short_of_descriptors();
     let (served, mut queued) = exhaust(server.addr, 20);
     assert!(server.wait_for_stderr("backing off", Duration::from_secs(2)));
     server.signal(libc::SIGTERM);
@@ -106,18 +111,7 @@ fn the_drain_serves_the_backlog_as_descriptors_free_up() {
 /// and the exit code say so.
 #[test]
 fn a_backlog_given_up_on_is_counted_as_aborted() {
-    let mut server = spawn_example(
-        "echo",
-        &[
-            "--workers",
-            "1",
-            "--drain-delay",
-            "0ms",
-            "--grace-period",
-            "10s",
-        ],
-        limit_descriptors,
-    );
+    let mut server = spawn_short_of_descriptors();
     // The served connections are kept busy (their clients send without reading, so
     // echoes wait unsent): their descriptors stay taken, and the second signal lands
     // while the backlog waits.
