@@ -49,6 +49,11 @@ fn pass_fds(cmd: &mut Command, fds: Vec<RawFd>) {
 
 /// Starts the http example with `fds` passed as 3, 4, ... the way systemd does.
 fn activate(fds: &[RawFd], args: &[&str]) -> ChildServer {
+    activate_with(fds, args, |_| {})
+}
+
+/// [`activate`], with `prepare` applied to the command last.
+fn activate_with(fds: &[RawFd], args: &[&str], prepare: impl FnOnce(&mut Command)) -> ChildServer {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg("export LISTEN_PID=$$; exec \"$0\" \"$@\"")
@@ -57,6 +62,7 @@ fn activate(fds: &[RawFd], args: &[&str]) -> ChildServer {
         .env("LISTEN_FDS", fds.len().to_string())
         .env("LISTEN_FDNAMES", vec!["http"; fds.len()].join(":"));
     pass_fds(&mut cmd, fds.to_vec());
+    prepare(&mut cmd);
     let spawned =
         spawn_server(&mut cmd, &Launch::capturing()).expect("the activated example starts");
     ChildServer {
@@ -160,6 +166,84 @@ fn one_passed_socket_is_shared_fairly_and_left_usable_for_the_next_instance() {
         smaller >= 0.25,
         "the shared socket's connections are spread unfairly: {per:?}"
     );
+}
+
+/// Limits the child's descriptors to `n` (its shell and then the example).
+fn limit_descriptors(cmd: &mut Command, n: u64) {
+    // SAFETY: runs in the forked child before exec and calls only setrlimit, which is
+    // async-signal-safe; the struct lives on its stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+}
+
+/// Out of descriptors with clients queued on the one shared socket, both workers back
+/// off without spinning, and serve the queue once descriptors free up. Before, on
+/// epoll, the shared listener stayed in each worker's set, level-triggered: while the
+/// engine backed off, every wait returned at once (two cores busy for the whole
+/// back-off).
+#[test]
+fn a_shared_socket_out_of_descriptors_backs_off_without_spinning() {
+    let _serial = support::serial::serial();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut server = activate_with(&[listener.as_raw_fd()], &["--workers", "2"], |cmd| {
+        limit_descriptors(cmd, 64)
+    });
+    // Keep-alive connections, each answered once, until the server stops answering.
+    let (mut held, mut queued) = (Vec::new(), Vec::new());
+    while queued.len() < 5 {
+        assert!(held.len() < 200, "the server never ran out of descriptors");
+        let mut c = support::http1::Client::new(addr);
+        c.w.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        c.send("GET", "/", b"");
+        if queued.is_empty() && c.read(false).is_ok() {
+            held.push(c);
+        } else {
+            queued.push(c);
+        }
+    }
+    assert!(
+        server.wait_for_stderr("backing off", Duration::from_secs(2)),
+        "{:?}",
+        server.stderr_lines()
+    );
+    // An observation window (spinning is a rate), not a wait for something.
+    let cpu0 = support::cpu_seconds(server.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = support::cpu_seconds(server.pid()) - cpu0;
+    eprintln!(
+        "out of descriptors, {} held and {} queued: {cpu:.3} s of CPU in 2 s",
+        held.len(),
+        queued.len()
+    );
+    assert!(
+        cpu < 0.2,
+        "the server used {cpu:.3} s of CPU in 2 s of back-off"
+    );
+    drop(held);
+    for (i, c) in queued.iter_mut().enumerate() {
+        c.w.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let resp = c.read(false);
+        assert!(
+            resp.as_ref().is_ok_and(|r| r.status == 200),
+            "queued client {i}: {:?}",
+            resp.map(|r| r.status)
+        );
+    }
+    server.signal(libc::SIGTERM);
+    let (code, _) = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", server.drain_report());
 }
 
 #[test]

@@ -78,6 +78,8 @@ pub(crate) struct EpollQueue {
     /// the start of the next reap.
     carry: Vec<ConnRef>,
     accept_armed: bool,
+    /// Whether a shared listener is in the set (see [`EpollQueue::enlist_shared`]).
+    shared_in_set: bool,
     /// Connection descriptors handed to the engine and not yet closed.
     fds: OpenFds,
     shared: Arc<Shared>,
@@ -113,25 +115,19 @@ impl EpollDriver {
             deferred: VecDeque::new(),
             carry: Vec::new(),
             accept_armed: false,
+            shared_in_set: false,
             fds: OpenFds::default(),
             shared,
             index,
         };
-        // A listener shared with other workers is level-triggered and accepted from one
-        // connection per wake (`accept_ready`): every worker's set reports it while the
-        // queue holds connections, so the workers take turns instead of the first one
-        // to wake emptying the queue. Edge-triggered otherwise, accepted until EAGAIN.
-        let events = if listener.shared {
-            libc::EPOLLIN as u32
-        } else {
-            (libc::EPOLLIN | libc::EPOLLET) as u32
-        };
-        q.ctl(
-            libc::EPOLL_CTL_ADD,
-            listener.as_raw_fd(),
-            events,
-            encode(Kind::Accept, NO_CONN),
-        )?;
+        // A listener of this worker alone is edge-triggered and accepted until EAGAIN,
+        // and stays in the set. A shared one joins the set only while accepting is armed
+        // (`enlist_shared`).
+        if !listener.shared {
+            let events = (libc::EPOLLIN | libc::EPOLLET) as u32;
+            let token = encode(Kind::Accept, NO_CONN);
+            q.ctl(libc::EPOLL_CTL_ADD, listener.as_raw_fd(), events, token)?;
+        }
         if let Some(fd) = signalfd {
             let token = encode(Kind::Signal, NO_CONN);
             q.ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, token)?;
@@ -303,13 +299,20 @@ impl Reader<'_> {
                     self.q.fds.insert(conn);
                     handle(Event::Accepted { fd: conn }, self.q);
                     if shared {
-                        return; // level-triggered: the next wake takes the next one
+                        // One per wake, then to the back of the socket's waiters: the
+                        // next connection wakes another worker.
+                        self.q.enlist_shared(false);
+                        if self.q.accept_armed {
+                            self.q.enlist_shared(true);
+                        }
+                        return;
                     }
                 }
                 Err(libc::EAGAIN) => return,
                 Err(libc::EINTR | libc::ECONNABORTED) => continue,
                 Err(errno) => {
                     self.q.accept_armed = false;
+                    self.q.enlist_shared(false);
                     handle(Event::AcceptEnded { errno }, self.q);
                     return;
                 }
@@ -478,6 +481,48 @@ impl EpollQueue {
             .filter(|s| s.generation == conn.generation && s.fd >= 0)
     }
 
+    /// Puts a listener shared with other workers into the set, or takes it out. It is
+    /// in the set only while accepting is armed: level-triggered, a listener left in the
+    /// set while the engine backs off (out of descriptors) or drains would wake every
+    /// wait at once while connections are queued, a spin. In the set it is exclusive
+    /// (EPOLLEXCLUSIVE): a new connection wakes one waiting worker, not all. The socket
+    /// wakes its exclusive waiters in the order they joined, so the worker that took a
+    /// connection leaves and joins again, behind the others (`accept_ready`), the way
+    /// io_uring queues a ring's new single accept behind the other rings' ones. A
+    /// failed join ends accepting with its errno (the engine backs off and re-arms).
+    fn enlist_shared(&mut self, on: bool) {
+        let Some(fd) = self
+            .listener
+            .as_ref()
+            .filter(|l| l.shared)
+            .map(|l| l.as_raw_fd())
+        else {
+            return;
+        };
+        if on && !self.shared_in_set {
+            let events = (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32;
+            match self.ctl(
+                libc::EPOLL_CTL_ADD,
+                fd,
+                events,
+                encode(Kind::Accept, NO_CONN),
+            ) {
+                Ok(()) => self.shared_in_set = true,
+                Err(e) => {
+                    log::warn!("epoll_ctl(ADD) of the shared listener: {e}");
+                    self.accept_armed = false;
+                    let errno = e.raw_os_error().unwrap_or(libc::EINVAL);
+                    self.deferred.push_back(Deferred::AcceptEnded(errno));
+                }
+            }
+        } else if !on && self.shared_in_set {
+            self.shared_in_set = false;
+            if let Err(e) = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0) {
+                log::warn!("epoll_ctl(DEL) of the shared listener: {e}");
+            }
+        }
+    }
+
     fn slot_mut(&mut self, conn: ConnRef) -> Option<&mut Slot> {
         self.slots
             .get_mut(conn.key as usize)
@@ -488,6 +533,7 @@ impl EpollQueue {
 impl Intents for EpollQueue {
     fn accept(&mut self) {
         self.accept_armed = true;
+        self.enlist_shared(true);
         self.deferred.push_back(Deferred::TryAccept);
     }
 
@@ -633,6 +679,7 @@ impl Intents for EpollQueue {
         if let Some(listener) = self.listener.as_ref() {
             socket::refuse_new_handshakes(listener);
         }
+        self.enlist_shared(false);
         if self.accept_armed {
             self.accept_armed = false;
             self.deferred
@@ -646,9 +693,11 @@ impl Intents for EpollQueue {
         for &fd in backlog.iter() {
             self.fds.insert(fd);
         }
-        if let (BacklogEnd::Waiting(_), Some(l)) = (end, &self.listener) {
-            // Level-triggered (a shared listener) it would wake the loop at once, again
-            // and again: the engine retries on its own (a close, a timer).
+        if let (BacklogEnd::Waiting(_), Some(l)) = (end, &self.listener)
+            && !l.shared
+        {
+            // Out of the set: the engine retries on its own (a close, a timer). A shared
+            // listener left the set when accepting was cancelled.
             let _ = self.ctl(libc::EPOLL_CTL_DEL, l.as_raw_fd(), 0, 0);
         }
         end
