@@ -168,24 +168,6 @@ fn one_passed_socket_is_shared_fairly_and_left_usable_for_the_next_instance() {
     );
 }
 
-/// Limits the child's descriptors to `n` (its shell and then the example).
-fn limit_descriptors(cmd: &mut Command, n: u64) {
-    // SAFETY: runs in the forked child before exec and calls only setrlimit, which is
-    // async-signal-safe; the struct lives on its stack.
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: n,
-                rlim_max: n,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-}
-
 /// Out of descriptors with clients queued on the one shared socket, both workers back
 /// off without spinning, and serve the queue once descriptors free up. Before, on
 /// epoll, the shared listener stayed in each worker's set, level-triggered: while the
@@ -197,7 +179,7 @@ fn a_shared_socket_out_of_descriptors_backs_off_without_spinning() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mut server = activate_with(&[listener.as_raw_fd()], &["--workers", "2"], |cmd| {
-        limit_descriptors(cmd, 64)
+        support::limit_descriptors(cmd, 64)
     });
     // Keep-alive connections, each answered once, until the server stops answering.
     let (mut held, mut queued) = (Vec::new(), Vec::new());

@@ -5,7 +5,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use support::serial::serial;
@@ -21,24 +20,6 @@ fn echoes_within(s: &mut TcpStream, timeout: Duration) -> bool {
     ok
 }
 
-/// Limits the example's descriptors to [`NOFILE`].
-fn limit_descriptors(cmd: &mut std::process::Command) {
-    // SAFETY: the closure runs in the forked child before exec and calls only
-    // setrlimit, which is async-signal-safe; the struct lives on its stack.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: NOFILE,
-                rlim_max: NOFILE,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 /// The echo example with [`NOFILE`] descriptors, draining at once on SIGTERM.
 fn spawn_short_of_descriptors() -> ChildServer {
     spawn_example(
@@ -51,7 +32,7 @@ fn spawn_short_of_descriptors() -> ChildServer {
             "--grace-period",
             "10s",
         ],
-        limit_descriptors,
+        |cmd| limit_descriptors(cmd, NOFILE),
     )
 }
 
@@ -144,20 +125,7 @@ fn a_backlog_given_up_on_is_counted_as_aborted() {
 #[test]
 fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
     let server = spawn_example("echo", &["--workers", "1"], |cmd| {
-        // SAFETY: the closure runs in the forked child before exec and calls only
-        // setrlimit, which is async-signal-safe; the struct lives on its stack.
-        unsafe {
-            cmd.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: NOFILE,
-                    rlim_max: NOFILE,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        limit_descriptors(cmd, NOFILE)
     });
     // Fill the server's descriptor table: every connection that echoes holds one.
     let mut served = Vec::new();

@@ -201,6 +201,26 @@ pub fn round_trip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 /// Sets SO_LINGER to zero so that close sends RST.
+/// Limits the child's descriptors to `n` (RLIMIT_NOFILE, soft and hard), set in the
+/// forked child before exec.
+pub fn limit_descriptors(cmd: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec and calls only setrlimit, which is
+    // async-signal-safe; the struct lives on its stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+}
+
 pub fn set_linger_zero(s: &TcpStream) {
     use std::os::fd::AsRawFd;
     let linger = libc::linger {
