@@ -200,10 +200,7 @@ fn a_shared_socket_out_of_descriptors_backs_off_without_spinning() {
         "{:?}",
         server.stderr_lines()
     );
-    // An observation window (spinning is a rate), not a wait for something.
-    let cpu0 = support::cpu_seconds(server.pid());
-    std::thread::sleep(Duration::from_secs(2));
-    let cpu = support::cpu_seconds(server.pid()) - cpu0;
+    let cpu = support::cpu_used_over(server.pid(), Duration::from_secs(2));
     eprintln!(
         "out of descriptors, {} held and {} queued: {cpu:.3} s of CPU in 2 s",
         held.len(),

@@ -157,10 +157,8 @@ fn out_of_descriptors_backs_off_without_spinning_and_recovers() {
 
     // Two seconds out of descriptors, with connections waiting: no spinning. This is
     // an observation window (spinning is a rate), not a wait for something to happen.
-    let cpu0 = cpu_seconds(server.pid());
     let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(2));
-    let cpu = cpu_seconds(server.pid()) - cpu0;
+    let cpu = cpu_used_over(server.pid(), Duration::from_secs(2));
     let exhausted = t0.elapsed();
     eprintln!(
         "CPU while exhausted: {cpu:.3} s over {:.2} s",

@@ -144,6 +144,14 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     testkit::procstat::cpu_seconds(pid as u32).expect("read the process's CPU time")
 }
 
+/// The CPU time a process uses while the caller sleeps for `window`: an observation
+/// window (spinning is a rate), not a wait for something to happen.
+pub fn cpu_used_over(pid: i32, window: Duration) -> f64 {
+    let before = cpu_seconds(pid);
+    std::thread::sleep(window);
+    cpu_seconds(pid) - before
+}
+
 /// How many descriptors a process has open.
 pub fn open_fds(pid: i32) -> usize {
     testkit::procstat::open_fds(pid as u32).expect("read fds")
